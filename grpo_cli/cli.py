@@ -1,0 +1,175 @@
+"""The ``grpo`` command line: parses argv and hands overrides to the config; no training logic."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+T = TypeVar("T")
+
+RUN_HELP = """Train a policy with GRPO and record response-length telemetry.
+
+ARGS are Hydra overrides composed over conf/: `config=PATH` names an experiment YAML (only its
+changes from the defaults), then `key=value` pairs apply in order. `max_len=N` is an alias of
+data.max_response_length.
+
+\b
+Config groups (conf/<group>/<option>.yaml): model, data, rollout, algorithm (grpo, dapo,
+dr_grpo), reward, length, trainer, logger. Pick one with e.g. `algorithm=dapo`.
+
+\b
+Most used keys:
+  max_len / data.max_response_length   response token cap (default 48 on the toy task)
+  model.path                           hub id, local HF dir, or `toy` (embedded default)
+  data.train_files                     JSONL / Parquet / hub id@split / toy:add
+  rollout.n, rollout.temperature       group size and sampling
+  algorithm.loss_agg_mode              seq-mean-token-mean | token-mean | seq-mean-token-sum-norm
+  algorithm.norm_adv_by_std, algorithm.kl_coef, algorithm.mask_truncated
+  trainer.steps, trainer.prompts_per_step, trainer.lr, trainer.zero_stage, seed
+  logger.wandb.mode                    offline (default) | online | disabled
+
+\b
+Examples:
+  grpo run                                  # the embedded toy task, a few minutes on CPU
+  grpo run max_len=128 trainer.steps=20
+  grpo run config=conf/experiment/toy_small_cap.yaml algorithm=dapo
+  grpo run --cfg job                        # print the composed config and exit
+"""
+
+app = typer.Typer(
+    name="grpo",
+    help="GRPO training runs, sweeps and reports for studying response-length dynamics.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+toy_app = typer.Typer(help="The embedded toy lab: build the tiny model, export the task.",
+                      no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(toy_app, name="toy")
+
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _guard(fn: Callable[[], T], debug: bool) -> T:
+    """Turn known user errors into one line on stderr and exit code 2 (1 for run failures)."""
+    from grpo_cli.config.loader import ConfigError
+    from grpo_cli.rewards.loader import RewardError
+
+    try:
+        return fn()
+    except ConfigError as e:
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except RewardError as e:
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: reward: {e}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command(context_settings=EXTRA, help=RUN_HELP)
+def run(
+    args: Annotated[list[str] | None, typer.Argument(help="config=PATH and key=value overrides")]
+    = None,
+    cfg: Annotated[str | None, typer.Option("--cfg", "-c",
+                                            help="`job`: print the composed config and exit")]
+    = None,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    from grpo_cli.config.loader import load_run_config, parse_args
+
+    overrides = list(args or [])
+    run_cfg, resolved = _guard(lambda: load_run_config(overrides), debug)
+    if cfg is not None:
+        if cfg not in ("job", "all"):
+            typer.echo(f"error: --cfg {cfg}: allowed values are job, all", err=True)
+            raise typer.Exit(2)
+        from omegaconf import OmegaConf
+
+        typer.echo(OmegaConf.to_yaml(resolved), nl=False)
+        return
+    from grpo_cli.train.loop import train
+
+    experiment = parse_args(overrides).experiment
+    text = experiment.read_text() if experiment else None
+    run_id = _guard(lambda: train(run_cfg, resolved, text), debug)
+    typer.echo(run_id)
+
+
+SWEEP_HELP = """Launch one `grpo run` per combination through Hydra's multirun launchers.
+
+ARGS are the same overrides as `grpo run`; comma lists sweep (`max_len=1024,2048 seed=1,2,3`
+is 6 arms) and Hydra's `range()`, `choice()` and group globs work. A first argument ending in
+.yaml names a sweep file (see sweeps/). Pick a launcher with `hydra/launcher=basic` (default,
+sequential), `joblib` (parallel on this host), `submitit_local` or `submitit_slurm`.
+
+\b
+Examples:
+  grpo sweep max_len=32,160 trainer.steps=40 hydra/launcher=joblib
+  grpo sweep sweeps/toy_max_len.yaml
+  grpo sweep --dry-run max_len=1024,2048 seed=1,2,3
+  grpo sweep --resume sweep-20261123-201530-a1b2c3 max_len=1024,2048 seed=1,2,3
+"""
+
+
+@app.command(context_settings=EXTRA, help=SWEEP_HELP)
+def sweep(
+    args: Annotated[list[str] | None, typer.Argument(help="sweep file and/or overrides")]
+    = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the arms, start nothing")]
+    = False,
+    resume: Annotated[str | None, typer.Option("--resume", help="continue this sweep id")]
+    = None,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    from grpo_cli.sweep import run_sweep
+
+    code = _guard(lambda: run_sweep(list(args or []), dry_run=dry_run, resume=resume), debug)
+    raise typer.Exit(code)
+
+
+@toy_app.command("build")
+def toy_build(
+    out: Annotated[Path | None, typer.Option(help="output directory (default: the cache)")]
+    = None,
+    seed: int = 0,
+) -> None:
+    """Build the tiny Qwen2 toy model deterministically (tokenizer, model, warm-up)."""
+    from grpo_cli.models.toy import TOY_MODEL_DIR, build_toy_model
+
+    target = out or TOY_MODEL_DIR
+    stats = build_toy_model(target, seed=seed)
+    typer.echo(f"built {target}: {stats}")
+
+
+@toy_app.command("export")
+def toy_export(
+    out: Annotated[Path, typer.Option(help="JSONL file to write")],
+    size: int = 1000,
+    seed: int = 0,
+    task: str = "add",
+) -> None:
+    """Write the toy task as JSONL in the format user datasets use (problem, answer)."""
+    from grpo_cli.data.toy import export_jsonl
+
+    export_jsonl(out, task=task, size=size, seed=seed)
+    typer.echo(f"wrote {size} rows to {out}")
+
+
+def main() -> None:
+    app(prog_name="grpo")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

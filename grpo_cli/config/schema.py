@@ -1,0 +1,126 @@
+"""Typed run configuration.
+
+Hydra composes YAML from ``conf/``; the result is merged into these dataclasses once at
+start-up, so unknown keys and wrong types fail before anything heavy is imported or loaded.
+Cross-field checks live in :mod:`grpo_cli.config.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TOY = "toy"  # sentinel for the embedded toy model / task
+
+
+@dataclass
+class ModelConfig:
+    path: str = TOY  # hub id, local HF checkpoint dir, or "toy" for the embedded model
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    train_files: str = "toy:add"  # JSONL / Parquet path, HF dataset id with @split, or toy:<task>
+    val_files: str | None = None  # same forms; default: a held-out slice of the toy task
+    prompt_key: str = "problem"
+    answer_key: str = "answer"
+    image_key: str = "images"
+    # Python format string applied to the prompt column before the chat template.
+    prompt_template: str = "{problem}"
+    max_prompt_length: int = 64
+    max_response_length: int = 48  # alias: max_len
+    shuffle: bool = True
+    toy_size: int = 4096  # rows generated for toy:<task> datasets
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"  # hf | vllm
+    n: int = 8  # samples per prompt (the GRPO group size)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    micro_batch_size: int = 64  # sequences per generate call (hf backend)
+    gpu_memory_utilization: float = 0.5  # vllm only
+    tensor_parallel_size: int = 1  # vllm only
+
+
+@dataclass
+class AlgorithmConfig:
+    loss_agg_mode: str = "seq-mean-token-mean"  # | token-mean | seq-mean-token-sum-norm
+    norm_adv_by_std: bool = True
+    adv_eps: float = 1e-6
+    kl_coef: float = 0.0  # k3 KL to the frozen initial policy; 0 disables the reference model
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.28
+    mask_truncated: bool = False  # DAPO overlong filtering: truncated completions carry no loss
+    # Constant C of seq-mean-token-sum-norm; null means the response cap in force.
+    loss_norm_constant: float | None = None
+
+
+@dataclass
+class RewardConfig:
+    # "module:fn" or "path/to/file.py:fn"; called once per batch with a list of dicts.
+    function: str = "grpo_cli.rewards.math:compute_score"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LengthConfig:
+    """Length controls (caps schedule, overlong penalty, length-aware rewards)."""
+
+    schedule: list[Any] | None = None  # [[step, max_len], ...]; null: the fixed cap
+    overlong_buffer: int = 0  # DAPO soft overlong punishment; 0 disables
+    overlong_penalty_factor: float = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 60
+    prompts_per_step: int = 8  # global, across all ranks
+    micro_batch_size: int = 32  # completions per forward/backward
+    updates_per_batch: int = 1  # optimiser steps per rollout batch (>1 uses old log-probs)
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    zero_stage: int = 0
+    save_every: int = 0  # 0: only at the end (if save_final)
+    save_final: bool = False
+    val_every: int = 0  # 0 disables the validation probe
+    num_threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "grpo-cli"
+    entity: str | None = None
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    sample_every: int = 10  # steps between decoded-sample dumps (samples.jsonl, W&B table)
+    samples_per_step: int = 4
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    length: LengthConfig = field(default_factory=LengthConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    name: str | None = None  # optional human label, kept in meta.json
+    runs_dir: str | None = None  # default: $GRPO_RUNS_DIR or ./runs
+    sweep_id: str | None = None  # set by `grpo sweep`
+    run_id: str | None = None  # set by `grpo sweep` so arms know their directory up front

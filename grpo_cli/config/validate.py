@@ -1,0 +1,147 @@
+"""Cross-field checks, run once at start-up before any model weights load.
+
+Every failure is a :class:`ConfigError` whose message names the key(s) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from grpo_cli.config.loader import ConfigError
+from grpo_cli.config.schema import TOY, RunConfig
+
+LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+BACKENDS = ("hf", "vllm")
+WANDB_MODES = ("offline", "online", "disabled")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{key}={value}: allowed values are {', '.join(allowed)}")
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def validate(cfg: RunConfig, world: int | None = None) -> None:
+    """Fail fast on impossible combinations (group size, batch splits, caps vs context)."""
+    world = world_size() if world is None else world
+    d, r, a, t = cfg.data, cfg.rollout, cfg.algorithm, cfg.trainer
+
+    _choice("rollout.backend", r.backend, BACKENDS)
+    _choice("algorithm.loss_agg_mode", a.loss_agg_mode, LOSS_AGG_MODES)
+    _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
+    _choice("model.dtype", cfg.model.dtype, DTYPES)
+    _require(t.zero_stage in (0, 1, 2, 3), f"trainer.zero_stage={t.zero_stage}: allowed 0-3")
+
+    _require(d.max_prompt_length > 0, f"data.max_prompt_length={d.max_prompt_length}: must be > 0")
+    _require(
+        d.max_response_length > 0,
+        f"data.max_response_length (max_len)={d.max_response_length}: must be > 0",
+    )
+    _require(r.n >= 2, f"rollout.n={r.n}: GRPO needs at least 2 samples per prompt")
+    _require(r.temperature > 0, f"rollout.temperature={r.temperature}: must be > 0")
+    _require(0 < r.top_p <= 1, f"rollout.top_p={r.top_p}: must be in (0, 1]")
+    _require(r.micro_batch_size > 0, f"rollout.micro_batch_size={r.micro_batch_size}: must be > 0")
+    _require(t.steps >= 1, f"trainer.steps={t.steps}: must be >= 1")
+    _require(t.lr > 0, f"trainer.lr={t.lr}: must be > 0")
+    _require(len(t.betas) == 2, f"trainer.betas={t.betas}: expected two values")
+    _require(a.clip_ratio_low >= 0 and a.clip_ratio_high >= 0, "algorithm.clip_ratio_*: >= 0")
+    _require(a.kl_coef >= 0, f"algorithm.kl_coef={a.kl_coef}: must be >= 0")
+    _require(":" in cfg.reward.function, f"reward.function={cfg.reward.function}: use module:fn "
+             "or path/to/file.py:fn")
+
+    # Batch arithmetic: prompts split over ranks, completions over micro-batches and updates.
+    _require(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step}: >= 1")
+    _require(
+        t.prompts_per_step % world == 0,
+        f"trainer.prompts_per_step={t.prompts_per_step} is not divisible by the {world} ranks",
+    )
+    per_rank = t.prompts_per_step // world * r.n
+    _require(t.updates_per_batch >= 1, f"trainer.updates_per_batch={t.updates_per_batch}: >= 1")
+    _require(
+        per_rank % t.updates_per_batch == 0,
+        f"trainer.updates_per_batch={t.updates_per_batch} does not divide the {per_rank} "
+        "completions per rank (prompts_per_step / ranks * rollout.n)",
+    )
+    per_update = per_rank // t.updates_per_batch
+    _require(
+        t.micro_batch_size > 0 and per_update % t.micro_batch_size == 0,
+        f"trainer.micro_batch_size={t.micro_batch_size} must divide the {per_update} completions "
+        "per rank per update",
+    )
+
+    caps = [d.max_response_length] + [int(c) for _, c in _schedule(cfg)]
+    context = model_context_length(cfg.model.path)
+    if context is not None:
+        _require(
+            d.max_prompt_length + max(caps) <= context,
+            f"data.max_prompt_length ({d.max_prompt_length}) + max response cap ({max(caps)}) "
+            f"exceeds the model context of {context} tokens (model.path={cfg.model.path})",
+        )
+    _validate_data_spec("data.train_files", d.train_files)
+    if d.val_files:
+        _validate_data_spec("data.val_files", d.val_files)
+    if r.backend == "vllm":
+        from grpo_cli.rollout import vllm_available
+
+        _require(vllm_available(), "rollout.backend=vllm needs `pip install grpo-cli[vllm]` and a "
+                 "CUDA GPU; use rollout.backend=hf on CPU")
+
+
+def _schedule(cfg: RunConfig) -> list[tuple[int, int]]:
+    sched = cfg.length.schedule or []
+    out: list[tuple[int, int]] = []
+    for i, stage in enumerate(sched):
+        _require(
+            isinstance(stage, list | tuple) and len(stage) == 2,
+            f"length.schedule[{i}]={stage}: expected [step, max_len]",
+        )
+        step, cap = int(stage[0]), int(stage[1])
+        _require(cap > 0, f"length.schedule[{i}]: cap {cap} must be > 0")
+        _require(step >= 0, f"length.schedule[{i}]: step {step} must be >= 0")
+        _require(not out or step >= out[-1][0], "length.schedule: steps must be non-decreasing")
+        out.append((step, cap))
+    return out
+
+
+def _validate_data_spec(key: str, spec: str) -> None:
+    if spec.startswith("toy:"):
+        from grpo_cli.data.toy import TOY_TASKS
+
+        task = spec.split(":", 1)[1]
+        _require(task in TOY_TASKS, f"{key}={spec}: toy tasks are {', '.join(TOY_TASKS)}")
+        return
+    path = Path(spec.split("@")[0]).expanduser()
+    if path.suffix in (".jsonl", ".json", ".parquet"):
+        _require(path.is_file(), f"{key}={spec}: file not found")
+
+
+def model_context_length(path: str) -> int | None:
+    """Read the context length from config.json without loading weights (None if unknown)."""
+    if path == TOY:
+        from grpo_cli.models.toy import ensure_toy_model
+
+        model_dir: Path | None = ensure_toy_model()
+    else:
+        model_dir = Path(path).expanduser()
+        if not model_dir.exists():
+            if path.startswith((".", "/", "~")):
+                raise ConfigError(f"model.path={path}: directory not found")
+            return None  # a hub id: checked when the model loads
+    assert model_dir is not None
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"model.path={path}: no config.json in {model_dir}")
+    conf = json.loads(config_file.read_text())
+    text_conf = conf.get("text_config") or conf
+    ctx = text_conf.get("max_position_embeddings") or conf.get("max_position_embeddings")
+    return int(ctx) if ctx else None

@@ -1,0 +1,169 @@
+"""Load prompt datasets (JSONL, Parquet, HF dataset id with ``@split``, or ``toy:<task>``).
+
+Prompts are built once: template -> chat messages -> chat template -> token ids. Prompts
+longer than ``data.max_prompt_length`` are dropped and counted, never silently truncated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grpo_cli.config.loader import ConfigError
+from grpo_cli.config.schema import DataConfig
+
+
+def load_rows(spec: str, data: DataConfig, seed: int, key: str = "data.train_files") -> list[dict]:
+    """Rows as dicts. ``key`` names the config key in error messages."""
+    if spec.startswith("toy:"):
+        from grpo_cli.data.toy import generate_rows
+
+        return generate_rows(spec.split(":", 1)[1], size=data.toy_size, seed=seed)
+    path_part, _, split = spec.partition("@")
+    path = Path(path_part).expanduser()
+    if path.suffix in (".jsonl", ".json"):
+        return _read_jsonl(path, key)
+    if path.suffix == ".parquet":
+        return _read_parquet(path, key)
+    if path.is_dir():
+        files = sorted(path.glob(f"{split or '*'}*.parquet")) or sorted(path.glob("*.jsonl"))
+        if not files:
+            raise ConfigError(f"{key}={spec}: no .parquet or .jsonl files in {path}")
+        rows: list[dict] = []
+        for f in files:
+            rows += _read_parquet(f, key) if f.suffix == ".parquet" else _read_jsonl(f, key)
+        return rows
+    return _read_hub(path_part, split or "train", key)
+
+
+def _read_jsonl(path: Path, key: str) -> list[dict]:
+    if not path.is_file():
+        raise ConfigError(f"{key}={path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{key}={path}: line {lineno} is not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise ConfigError(f"{key}={path}: line {lineno} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _read_parquet(path: Path, key: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise ConfigError(f"{key}={path}: file not found")
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise ConfigError(f"{key}={path}: cannot read Parquet ({e})") from e
+
+
+def _read_hub(name: str, split: str, key: str) -> list[dict]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise ConfigError(
+            f"{key}={name}@{split}: not a local file; loading a hub dataset needs "
+            "`pip install datasets` and network access"
+        ) from e
+    try:
+        return list(datasets.load_dataset(name, split=split))
+    except Exception as e:
+        raise ConfigError(f"{key}={name}@{split}: cannot load dataset ({e})") from e
+
+
+@dataclass
+class PromptSet:
+    """Tokenised prompts with the rows they came from."""
+
+    prompt_ids: list[list[int]]
+    rows: list[dict[str, Any]]
+    texts: list[str]
+    dropped: int  # rows whose prompt exceeded data.max_prompt_length
+
+
+def prompt_text(row: dict[str, Any], data: DataConfig, index: int) -> str:
+    if data.prompt_key not in row:
+        raise ConfigError(
+            f"data.prompt_key={data.prompt_key}: row {index} has no such column "
+            f"(columns: {', '.join(sorted(row))})"
+        )
+    fields = {**row, "problem": row[data.prompt_key], "prompt": row[data.prompt_key]}
+    try:
+        return data.prompt_template.format(**fields)
+    except (KeyError, IndexError) as e:
+        raise ConfigError(f"data.prompt_template: unknown field {e} (row {index})") from e
+
+
+def build_prompts(rows: list[dict], data: DataConfig, tokenizer: Any) -> PromptSet:
+    """Apply the template and the tokenizer's chat template; drop (and count) long prompts."""
+    if rows and data.answer_key not in rows[0]:
+        raise ConfigError(
+            f"data.answer_key={data.answer_key}: no such column "
+            f"(columns: {', '.join(sorted(rows[0]))})"
+        )
+    kept_ids, kept_rows, kept_texts, dropped = [], [], [], 0
+    for i, row in enumerate(rows):
+        text = prompt_text(row, data, i)
+        if getattr(tokenizer, "chat_template", None):
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+        else:
+            rendered = text
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        if len(ids) > data.max_prompt_length:
+            dropped += 1
+            continue
+        kept_ids.append(ids)
+        kept_rows.append(row)
+        kept_texts.append(rendered)
+    if not kept_ids:
+        raise ConfigError(
+            f"data.max_prompt_length={data.max_prompt_length}: every prompt is longer; "
+            "raise it or shorten the prompts"
+        )
+    return PromptSet(kept_ids, kept_rows, kept_texts, dropped)
+
+
+class PromptSampler:
+    """Epoch-wise shuffled prompt order, identical on every rank; its state is resumable."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch, self.pos = 0, 0
+        self._order = self._make_order()
+
+    def _make_order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.size)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+
+    def next(self, k: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < k:
+            if self.pos == self.size:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._make_order()
+            take = min(k - len(out), self.size - self.pos)
+            out += self._order[self.pos : self.pos + take].tolist()
+            self.pos += take
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self._order = self._make_order()

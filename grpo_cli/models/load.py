@@ -1,0 +1,73 @@
+"""Load the policy's tokenizer and model (hub id, local HF directory, or the embedded toy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grpo_cli.config.loader import ConfigError
+from grpo_cli.config.schema import TOY, ModelConfig
+
+
+def resolve_model_path(path: str) -> str:
+    if path == TOY:
+        from grpo_cli.models.toy import ensure_toy_model
+
+        return str(ensure_toy_model())
+    return str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ConfigError(f"model.path={path}: cannot load tokenizer ({e})") from e
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def eos_token_ids(tokenizer: Any, path: str) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS plus generation_config's list.
+
+    Models such as Qwen2.5-Instruct stop on several ids (<|im_end|>, <|endoftext|>); treating
+    only one as EOS is how TRL misreports truncation (its issue #7039).
+    """
+    from transformers import GenerationConfig
+
+    ids: list[int] = []
+    try:
+        gen = GenerationConfig.from_pretrained(path)
+        eos = gen.eos_token_id
+        ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+    except (OSError, ValueError):
+        pass
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    out = sorted(set(ids))
+    if not out:
+        raise ConfigError(f"model.path={path}: the tokenizer defines no EOS token")
+    return out
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_causal_lm(path: str, cfg: ModelConfig) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+        )
+    except Exception as e:
+        raise ConfigError(f"model.path={path}: cannot load model ({e})") from e
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = True
+    return model

@@ -1,0 +1,56 @@
+"""The rollout interface shared by every sampling backend (transformers `generate`, vLLM).
+
+A backend turns tokenised prompts into sampled completions. It reports, per completion,
+exactly the generated token ids (EOS included when the model emitted it, never padding),
+the log-probability of each sampled token under the sampling distribution, and why the
+engine stopped: ``"stop"`` (an EOS / stop token) or ``"length"`` (the token cap).
+Truncation metrics are derived from that finish reason only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class Completion:
+    """One sampled completion for one prompt."""
+
+    prompt_index: int  # index into the prompts passed to `generate`
+    sample: int  # 0..n-1 within the prompt's group
+    token_ids: list[int]  # generated tokens, EOS included if emitted, no padding
+    logprobs: list[float]  # sampling log-prob of each token in token_ids
+    finish_reason: FinishReason
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+@dataclass
+class RolloutRequest:
+    """What to sample: prompts as token ids (no padding) plus optional vision inputs."""
+
+    prompt_ids: list[list[int]]
+    n: int
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    # Per-prompt processor outputs for vision-language models (pixel_values, image_grid_thw).
+    multi_modal: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class RolloutResult:
+    completions: list[Completion]  # grouped: prompt 0's n samples, then prompt 1's, ...
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class RolloutBackend(Protocol):
+    """Anything that samples completions. Implemented by `hf.HFRollout` and `vllm.VLLMRollout`."""
+
+    def generate(self, request: RolloutRequest) -> RolloutResult: ...

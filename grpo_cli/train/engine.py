@@ -1,0 +1,141 @@
+"""DeepSpeed set-up: process group, ZeRO config, policy/reference engines, gathering.
+
+The same code serves one CPU process (gloo), several CPU ranks started by ``torchrun`` or
+the ``deepspeed`` launcher, and GPUs (nccl).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from grpo_cli.config.schema import RunConfig
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, so parallel single-process runs never collide."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed() -> Dist:
+    """Join the launcher's process group, or make a one-rank group for a plain process."""
+    import deepspeed
+
+    if "RANK" not in os.environ:  # not started by a launcher
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+        )
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
+                                   auto_mpi_discovery=False, verbose=False)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def ds_config(cfg: RunConfig, world: int) -> dict[str, Any]:
+    """DeepSpeed config derived from the run config (batch arithmetic validated already)."""
+    t = cfg.trainer
+    per_update = t.prompts_per_step // world * cfg.rollout.n // t.updates_per_batch
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": per_update // t.micro_batch_size,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": t.zero_stage},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.model.dtype == "bfloat16":
+        config["bf16"] = {"enabled": True}
+    elif cfg.model.dtype == "float16":
+        config["fp16"] = {"enabled": True}
+    if t.zero_stage == 3:
+        config["zero_optimization"].update(stage3_gather_16bit_weights_on_model_save=True)
+    return config
+
+
+def make_policy_engine(model: torch.nn.Module, cfg: RunConfig, config: dict[str, Any]) -> Any:
+    import deepspeed
+
+    t = cfg.trainer
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=t.lr, betas=(t.betas[0], t.betas[1]), weight_decay=t.weight_decay,
+    )
+    scheduler = None
+    if t.warmup_steps > 0:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / t.warmup_steps)
+        )
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+    )
+    return engine
+
+
+def make_reference_engine(model: torch.nn.Module, config: dict[str, Any]) -> Any:
+    """A frozen copy for the KL term; under ZeRO-3 it is sharded like the policy."""
+    import deepspeed
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ref_config = {k: v for k, v in config.items() if k != "gradient_clipping"}
+    if config["zero_optimization"]["stage"] != 3:
+        ref_config["zero_optimization"] = {"stage": 0}
+    engine, *_ = deepspeed.initialize(model=model, config=ref_config)
+    engine.eval()
+    return engine
+
+
+@contextlib.contextmanager
+def gathered(engine: Any, zero_stage: int) -> Iterator[torch.nn.Module]:
+    """The full module for sampling: ZeRO-3 shards are gathered for the duration."""
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+            yield engine.module
+    else:
+        yield engine.module
+
+
+def all_gather_objects(obj: Any, world: int) -> list[Any]:
+    """Gather a picklable object from every rank (metrics need the whole global batch)."""
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(values: list[float], device: torch.device, world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()

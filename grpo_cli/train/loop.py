@@ -1,0 +1,299 @@
+"""The GRPO training loop, top to bottom.
+
+One step: pick prompts -> sample ``rollout.n`` completions each -> score -> group-relative
+advantages -> clipped policy-gradient update(s) in a DeepSpeed engine -> gather the whole
+global batch -> length telemetry to the run store and W&B.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from grpo_cli.algo.advantages import group_advantages, zero_std_group_fraction
+from grpo_cli.algo.kl import kl_k3
+from grpo_cli.algo.losses import (
+    gather_token_logprobs,
+    policy_gradient_loss,
+    token_entropy,
+    token_loss_weights,
+)
+from grpo_cli.config.schema import RunConfig
+from grpo_cli.data.datasets import PromptSampler, PromptSet, build_prompts, load_rows
+from grpo_cli.models.load import eos_token_ids, load_causal_lm, load_tokenizer, resolve_model_path
+from grpo_cli.rewards.loader import load_reward_fn, score_batch
+from grpo_cli.rewards.shaping import cap_at_step, overlong_penalty
+from grpo_cli.rollout.base import Completion, RolloutRequest
+from grpo_cli.rollout.hf import HFRollout
+from grpo_cli.telemetry.length_metrics import length_histogram, step_length_metrics
+from grpo_cli.telemetry.run import RunHandle, open_run
+from grpo_cli.train import engine as eng
+
+
+@dataclass
+class Batch:
+    """Training tensors for this rank's completions (prompt left-padded, completion right)."""
+
+    input_ids: torch.Tensor  # [N, P + T]
+    attention_mask: torch.Tensor  # [N, P + T]
+    position_ids: torch.Tensor  # [N, P + T]
+    completion_ids: torch.Tensor  # [N, T]
+    loss_mask: torch.Tensor  # [N, T] float, 1 on generated tokens that carry loss
+    advantages: torch.Tensor  # [N]
+    prompt_width: int  # P
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_batch(
+    prompts: list[list[int]], completions: list[Completion], advantages: torch.Tensor,
+    pad_id: int, mask_truncated: bool,
+) -> Batch:
+    """Pack prompt + completion pairs; ``prompts[i]`` is the prompt of ``completions[i]``."""
+    n = len(completions)
+    p_width = max(len(p) for p in prompts)
+    t_width = max(len(c.token_ids) for c in completions)
+    input_ids = torch.full((n, p_width + t_width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, p_width + t_width), dtype=torch.long)
+    loss_mask = torch.zeros((n, t_width), dtype=torch.float32)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        input_ids[i, p_width - len(p) : p_width] = torch.tensor(p)
+        input_ids[i, p_width : p_width + len(c.token_ids)] = torch.tensor(c.token_ids)
+        attention[i, p_width - len(p) : p_width + len(c.token_ids)] = 1
+        if not (mask_truncated and c.truncated):
+            loss_mask[i, : len(c.token_ids)] = 1.0
+    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return Batch(input_ids, attention, position_ids, input_ids[:, p_width:], loss_mask,
+                 advantages, p_width)
+
+
+def forward_logprobs(
+    model: Any, b: Batch, rows: slice, temperature: float, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [n, T] of the completion tokens (and their entropies) for rows of the batch."""
+    logits = model(
+        input_ids=b.input_ids[rows], attention_mask=b.attention_mask[rows],
+        position_ids=b.position_ids[rows], use_cache=False,
+    ).logits[:, b.prompt_width - 1 : -1]  # [n, T, V]: position t predicts completion token t
+    logp = gather_token_logprobs(logits, b.completion_ids[rows], temperature)
+    entropy = token_entropy(logits.detach(), temperature) if with_entropy else None
+    return logp, entropy
+
+
+@torch.no_grad()
+def logprobs_no_grad(model: Any, b: Batch, micro: int, temperature: float) -> torch.Tensor:
+    parts = [forward_logprobs(model, b, slice(i, i + micro), temperature, False)[0]
+             for i in range(0, len(b.advantages), micro)]
+    return torch.cat(parts)
+
+
+def train_on_batch(
+    policy: Any, b: Batch, cfg: RunConfig, cap: int, d: eng.Dist, ref_logp: torch.Tensor | None,
+) -> dict[str, float]:
+    """``updates_per_batch`` optimiser steps over the batch; loss weights use global counts."""
+    a, t = cfg.algorithm, cfg.trainer
+    temp = cfg.rollout.temperature
+    n = len(b.advantages)
+    old_logp = logprobs_no_grad(policy, b, t.micro_batch_size, temp) if t.updates_per_batch > 1 \
+        else None
+    per_update = n // t.updates_per_batch
+    sums = dict(loss=0.0, entropy=0.0, kl=0.0, clipped=0.0, tokens=0.0)
+    grad_norms: list[float] = []
+    for u in range(t.updates_per_batch):
+        upd = slice(u * per_update, (u + 1) * per_update)
+        mask_u = b.loss_mask[upd]
+        local = [float((mask_u.sum(1) > 0).sum()), float(mask_u.sum())]
+        num_seqs, num_tokens = eng.all_reduce_sum(local, d.device, d.world)
+        for start in range(upd.start, upd.stop, t.micro_batch_size):
+            rows = slice(start, start + t.micro_batch_size)
+            mask = b.loss_mask[rows].to(d.device)
+            logp, entropy = forward_logprobs(policy, b, rows, temp, with_entropy=True)
+            old = logp.detach() if old_logp is None else old_logp[rows].to(d.device)
+            token_loss, clipped = policy_gradient_loss(
+                logp, old, b.advantages[rows].to(d.device), a.clip_ratio_low, a.clip_ratio_high
+            )
+            if ref_logp is not None:
+                kl = kl_k3(logp, ref_logp[rows].to(d.device))
+                token_loss = token_loss + a.kl_coef * kl
+                sums["kl"] += float((kl.detach() * mask).sum())
+            weights = token_loss_weights(
+                mask, a.loss_agg_mode, num_seqs=num_seqs, num_tokens=num_tokens,
+                norm_constant=a.loss_norm_constant or cap,
+            )
+            loss = (weights * token_loss).sum()
+            # DeepSpeed averages gradients over ranks; weights are already global, so undo it.
+            policy.backward(loss * d.world, scale_wrt_gas=False)
+            policy.step()
+            sums["loss"] += float(loss.detach())
+            assert entropy is not None
+            sums["entropy"] += float((entropy * mask).sum())
+            sums["clipped"] += float((clipped.float() * mask).sum())
+            sums["tokens"] += float(mask.sum())
+        grad_norm = policy.get_global_grad_norm()
+        if grad_norm is not None:
+            grad_norms.append(float(grad_norm))
+    keys = list(sums)
+    totals = dict(zip(keys, eng.all_reduce_sum([sums[k] for k in keys], d.device, d.world),
+                      strict=True))
+    tokens = max(totals["tokens"], 1.0)
+    out = {
+        "loss/pg": totals["loss"] / t.updates_per_batch,
+        "policy/entropy": totals["entropy"] / tokens,
+        "policy/clip_frac": totals["clipped"] / tokens,
+    }
+    if ref_logp is not None:
+        out["policy/kl"] = totals["kl"] / tokens
+    if grad_norms:
+        out["train/grad_norm"] = float(np.mean(grad_norms))
+    return out
+
+
+def train(cfg: RunConfig, resolved: DictConfig, experiment_text: str | None = None) -> str:
+    """Run GRPO as configured; returns the run id. The run store is written by rank 0."""
+    d = eng.init_distributed()
+    if cfg.trainer.num_threads > 0:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    seed_everything(cfg.seed)
+    run: RunHandle = open_run(cfg, resolved, d, experiment_text)
+    try:
+        _train(cfg, d, run)
+    except KeyboardInterrupt:
+        run.close("interrupted")
+        raise
+    except BaseException:
+        run.close("failed")
+        raise
+    run.close("completed")
+    return run.run_id
+
+
+def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
+    t, r, a = cfg.trainer, cfg.rollout, cfg.algorithm
+
+    # --- data and model -------------------------------------------------------------------
+    model_path = resolve_model_path(cfg.model.path)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    prompts: PromptSet = build_prompts(
+        load_rows(cfg.data.train_files, cfg.data, seed=cfg.seed), cfg.data, tokenizer
+    )
+    run.note(dropped_prompts=prompts.dropped, train_prompts=len(prompts.prompt_ids))
+    sampler = PromptSampler(len(prompts.prompt_ids), cfg.seed, cfg.data.shuffle)
+    ds_cfg = eng.ds_config(cfg, d.world)
+    hf_ds_ref = None
+    if t.zero_stage == 3:  # partition weights while loading (must outlive from_pretrained)
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds_ref = HfDeepSpeedConfig(ds_cfg)
+    policy = eng.make_policy_engine(load_causal_lm(model_path, cfg.model), cfg, ds_cfg)
+    policy.module.eval()  # no dropout: log-probs must match between sampling and training
+    reference = None
+    if a.kl_coef > 0:
+        reference = eng.make_reference_engine(load_causal_lm(model_path, cfg.model), ds_cfg)
+    del hf_ds_ref
+    rollout = HFRollout(
+        lambda: eng.gathered(policy, t.zero_stage), tokenizer.pad_token_id,
+        eos_token_ids(tokenizer, model_path), micro_batch_size=r.micro_batch_size,
+    )
+    reward_fn = load_reward_fn(cfg.reward.function, dict(cfg.reward.kwargs))
+    schedule = [tuple(s) for s in cfg.length.schedule] if cfg.length.schedule else None
+    hist_cap = max([cfg.data.max_response_length] + [int(c) for _, c in schedule or []])
+
+    # --- steps ------------------------------------------------------------------------------
+    per_rank = t.prompts_per_step // d.world
+    for step in run.progress(range(t.steps)):
+        step_start = time.perf_counter()
+        cap = cap_at_step(schedule, step, cfg.data.max_response_length)
+        global_ids = sampler.next(t.prompts_per_step)
+        local_ids = global_ids[d.rank * per_rank : (d.rank + 1) * per_rank]
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + d.rank)
+        result = rollout.generate(RolloutRequest(
+            [prompts.prompt_ids[i] for i in local_ids], n=r.n, max_new_tokens=cap,
+            temperature=r.temperature, top_p=r.top_p,
+        ))
+        comps = result.completions
+        rows = [prompts.rows[local_ids[c.prompt_index]] for c in comps]
+        texts = tokenizer.batch_decode([c.token_ids for c in comps], skip_special_tokens=True)
+        lengths = np.array([len(c.token_ids) for c in comps])
+        truncated = np.array([c.truncated for c in comps])
+
+        # --- rewards and advantages (a prompt's group lives on one rank) ---------------
+        scores = score_batch(reward_fn, [
+            {**row, "prompt": prompts.texts[local_ids[c.prompt_index]], "response": text,
+             "response_length": int(length), "ground_truth": row[cfg.data.answer_key],
+             "truncated": bool(c.truncated)}
+            for row, c, text, length in zip(rows, comps, texts, lengths, strict=True)
+        ])
+        rewards = scores.overall.copy()
+        if cfg.length.overlong_buffer > 0:
+            penalty = overlong_penalty(torch.tensor(lengths, dtype=torch.float32), cap,
+                                       cfg.length.overlong_buffer,
+                                       cfg.length.overlong_penalty_factor).numpy()
+            scores.components["overlong_penalty"] = penalty
+            rewards = rewards + penalty
+        reward_t = torch.tensor(rewards, dtype=torch.float32)
+        advantages = group_advantages(reward_t, r.n, a.norm_adv_by_std, a.adv_eps)
+        batch = make_batch([prompts.prompt_ids[local_ids[c.prompt_index]] for c in comps],
+                           comps, advantages, tokenizer.pad_token_id, a.mask_truncated)
+        rollout_s = time.perf_counter() - step_start
+
+        # --- update -------------------------------------------------------------------------
+        train_start = time.perf_counter()
+        ref_logp = None
+        if reference is not None:
+            ref_logp = logprobs_no_grad(reference, batch, t.micro_batch_size, r.temperature)
+        train_stats = train_on_batch(policy, batch, cfg, cap, d, ref_logp)
+        train_s = time.perf_counter() - train_start
+
+        # --- telemetry over the whole global batch ---------------------------------------
+        local = {
+            "step": np.full(len(comps), step, dtype=np.int32),
+            "prompt_id": np.array([local_ids[c.prompt_index] for c in comps], dtype=np.int64),
+            "sample": np.array([c.sample for c in comps], dtype=np.int16),
+            "response_length": lengths.astype(np.int32),
+            "truncated": truncated,
+            "reward": rewards.astype(np.float32),
+            "correct": scores.correct.astype(np.float32),
+            "advantage": advantages.numpy().astype(np.float32),
+            **{k: v.astype(np.float32) for k, v in scores.components.items()},
+        }
+        parts = eng.all_gather_objects(local, d.world)
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in local}
+        group_ids = np.arange(len(cols["step"])) // r.n  # every rank's groups are contiguous
+        metrics = step_length_metrics(
+            cols["response_length"], cols["truncated"], cols["reward"], group_ids,
+            cols["correct"], cap,
+        )
+        for name in scores.components:
+            metrics[f"reward/{name}_mean"] = float(np.nanmean(cols[name]))
+        step_s = time.perf_counter() - step_start
+        metrics.update(train_stats)
+        metrics.update({
+            "reward/zero_std_frac": zero_std_group_fraction(torch.tensor(cols["reward"]), r.n),
+            "perf/rollout_s": rollout_s, "perf/train_s": train_s, "perf/step_s": step_s,
+            "perf/tokens_per_s": float(cols["response_length"].sum()) / step_s,
+        })
+        samples = None
+        if cfg.logger.sample_every > 0 and step % cfg.logger.sample_every == 0:
+            samples = [
+                {"step": step, "prompt": prompts.texts[local_ids[c.prompt_index]],
+                 "completion": text, "length": int(c_len), "truncated": bool(c.truncated),
+                 "reward": float(rw)}
+                for c, text, c_len, rw in list(zip(comps, texts, lengths, rewards,
+                                                   strict=True))[: cfg.logger.samples_per_step]
+            ]
+        run.log(step, metrics, {"length/hist": length_histogram(cols["response_length"], hist_cap)},
+                cols, samples)
+        if t.save_every > 0 and (step + 1) % t.save_every == 0:
+            run.save_checkpoint(policy, step, {"sampler": sampler.state_dict()})
+    if t.save_final:
+        run.save_checkpoint(policy, t.steps - 1, {"sampler": sampler.state_dict()})

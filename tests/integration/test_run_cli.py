@@ -1,0 +1,114 @@
+"""`grpo run` end to end through the real CLI on the embedded toy model (CPU, DeepSpeed, W&B
+offline), checking the run store against DESIGN.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from grpo_cli.telemetry.store import read_metrics, read_rollouts
+from tests.conftest import REPO, TINY, cli_env
+
+
+def run_dir_of(runs_dir: Path, stdout: str) -> Path:
+    run_id = stdout.strip().splitlines()[-1]
+    path = runs_dir / run_id
+    assert path.is_dir(), stdout
+    return path
+
+
+def test_run_writes_a_complete_store(grpo, runs_dir: Path) -> None:
+    steps, prompts, n, cap = 3, 2, 4, 24
+    res = grpo("run", *TINY, f"trainer.steps={steps}", f"max_len={cap}",
+               "logger.sample_every=1", "trainer.save_final=true")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = run_dir_of(runs_dir, res.stdout)
+
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["world_size"] == 1
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["max_response_length"] == cap and config["run_id"] == run.name
+
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == list(range(steps))
+    rollouts = read_rollouts(run)
+    assert len(rollouts) == steps * prompts * n
+    for m in metrics:
+        rows = rollouts[rollouts["step"] == m["step"]]
+        assert m["length/clip_ratio"] == pytest.approx(rows["truncated"].mean())
+        assert m["length/mean"] == pytest.approx(rows["response_length"].mean())
+        assert m["max_len"] == cap
+        for key in ("reward/mean", "policy/entropy", "loss/pg", "perf/step_s"):
+            assert np.isfinite(m[key]), key
+    # Truncated means stopped by the cap: exactly cap tokens; others ended with EOS.
+    assert (rollouts.loc[rollouts["truncated"], "response_length"] == cap).all()
+    assert (rollouts["response_length"] <= cap).all() and (rollouts["response_length"] >= 1).all()
+    assert rollouts["truncated"].any(), "cap 24 should truncate some toy completions"
+
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == set(range(steps))
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb")), "W&B offline run missing"
+    assert any((run / "checkpoints").iterdir()), "save_final wrote no checkpoint"
+
+
+def test_cfg_job_prints_the_composed_config(grpo) -> None:
+    res = grpo("run", "--cfg", "job", "max_len=96", "algorithm=dr_grpo")
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["data"]["max_response_length"] == 96
+    assert cfg["algorithm"]["loss_agg_mode"] == "seq-mean-token-sum-norm"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["trainer.bogus=1"], "trainer.bogus"),
+        (["trainer.steps=ten"], "trainer.steps"),
+        (["rollout.n=1"], "rollout.n=1"),
+        (["max_len=5000"], "exceeds the model context"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(grpo, args: list[str], expected: str) -> None:
+    res = grpo("run", *args)
+    assert res.returncode == 2
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_reward_that_raises_stops_the_run_and_marks_it_failed(grpo, runs_dir, tmp_path) -> None:
+    bad = tmp_path / "bad_reward.py"
+    bad.write_text("def fn(batch):\n    raise RuntimeError('grader exploded')\n")
+    res = grpo("run", *TINY, "trainer.steps=2", "max_len=16", f"reward.function={bad}:fn")
+    assert res.returncode == 1
+    assert "grader exploded" in res.stderr and "Traceback" not in res.stderr
+    (run,) = list(runs_dir.iterdir())
+    assert json.loads((run / "meta.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_cpu_ranks_with_torchrun(runs_dir: Path, zero_stage: int) -> None:
+    """Two gloo ranks: prompts split across ranks, metrics over the gathered global batch."""
+    steps, prompts, n = 2, 4, 4
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--standalone", "-m", "grpo_cli", "run", *TINY,
+           f"trainer.prompts_per_step={prompts}", f"trainer.steps={steps}", "max_len=24",
+           f"trainer.zero_stage={zero_stage}", "algorithm.kl_coef=0.01"]
+    env = cli_env(runs_dir)
+    env["OMP_NUM_THREADS"] = "1"
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    (run,) = [p for p in runs_dir.iterdir() if p.is_dir()]
+    assert json.loads((run / "meta.json").read_text())["world_size"] == 2
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == list(range(steps))
+    assert all("policy/kl" in m for m in metrics)
+    rollouts = read_rollouts(run)
+    assert len(rollouts) == steps * prompts * n  # both ranks' completions, once each
+    assert os.path.isdir(run / "wandb")

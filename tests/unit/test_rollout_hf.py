@@ -1,0 +1,94 @@
+"""The hf rollout backend on a tiny random Qwen2: finish reasons, grouping, sampling log-probs."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from grpo_cli.rollout.base import RolloutRequest
+from grpo_cli.rollout.hf import HFRollout
+
+PAD, EOS = 0, 2
+
+
+@pytest.fixture(scope="module")
+def model() -> Qwen2ForCausalLM:
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=12, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+                      eos_token_id=EOS, pad_token_id=PAD)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def backend(model: Qwen2ForCausalLM, micro: int = 64) -> HFRollout:
+    return HFRollout(lambda: contextlib.nullcontext(model), PAD, [EOS], micro_batch_size=micro)
+
+
+PROMPTS = [[5, 6, 7], [8, 9], [3, 4, 5, 6, 7, 8], [10]]
+
+
+def test_completions_are_grouped_and_finish_reasons_match_tokens(model: Qwen2ForCausalLM) -> None:
+    torch.manual_seed(1)
+    cap = 6
+    res = backend(model, micro=5).generate(RolloutRequest(PROMPTS, n=3, max_new_tokens=cap))
+    comps = res.completions
+    expected = [(p, s) for p in range(4) for s in range(3)]
+    assert [(c.prompt_index, c.sample) for c in comps] == expected
+    reasons = {c.finish_reason for c in comps}
+    assert reasons == {"stop", "length"}, "random model should both stop and hit the cap"
+    for c in comps:
+        assert len(c.logprobs) == len(c.token_ids) >= 1
+        assert all(lp <= 0 for lp in c.logprobs)
+        if c.truncated:
+            assert len(c.token_ids) == cap and EOS not in c.token_ids
+        else:
+            assert c.token_ids[-1] == EOS and EOS not in c.token_ids[:-1]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampling_logprobs_match_a_teacher_forced_forward(
+    model: Qwen2ForCausalLM, temperature: float
+) -> None:
+    """Left padding and the recorder must give the same log-probs as an unpadded forward."""
+    torch.manual_seed(2)
+    res = backend(model).generate(
+        RolloutRequest(PROMPTS, n=2, max_new_tokens=5, temperature=temperature)
+    )
+    for c in res.completions:
+        prompt = PROMPTS[c.prompt_index]
+        ids = torch.tensor([prompt + c.token_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1 : -1] / temperature
+        expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(c.token_ids)[:, None])
+        torch.testing.assert_close(torch.tensor(c.logprobs), expected[:, 0], atol=1e-4, rtol=0)
+
+
+def test_top_p_renormalises_over_the_kept_tokens(model: Qwen2ForCausalLM) -> None:
+    torch.manual_seed(3)
+    res = backend(model).generate(RolloutRequest(PROMPTS, n=4, max_new_tokens=4, top_p=0.5))
+    for c in res.completions:
+        prompt = PROMPTS[c.prompt_index]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + c.token_ids])).logits[0, len(prompt) - 1 : -1]
+        full = torch.log_softmax(logits, -1).gather(1, torch.tensor(c.token_ids)[:, None])[:, 0]
+        # Under top-p the kept set's mass is renormalised, so sampled tokens gain probability.
+        assert torch.all(torch.tensor(c.logprobs) >= full - 1e-5)
+
+
+def test_eos_exactly_at_the_cap_is_not_truncation(model: Qwen2ForCausalLM) -> None:
+    b = backend(model)
+    stopped = b._completion(0, 0, torch.tensor([5, 6, EOS]), torch.zeros(3), max_new_tokens=3)
+    assert stopped.finish_reason == "stop" and stopped.token_ids == [5, 6, EOS]
+    cut = b._completion(0, 0, torch.tensor([5, 6, 7]), torch.zeros(3), max_new_tokens=3)
+    assert cut.finish_reason == "length"
+    padded = b._completion(0, 1, torch.tensor([5, EOS, PAD, PAD]), torch.zeros(4), 4)
+    assert padded.token_ids == [5, EOS] and len(padded.logprobs) == 2
+
+
+def test_several_eos_ids_all_stop(model: Qwen2ForCausalLM) -> None:
+    b = HFRollout(lambda: contextlib.nullcontext(model), PAD, [EOS, 11])
+    c = b._completion(0, 0, torch.tensor([5, 11, PAD]), torch.zeros(3), max_new_tokens=3)
+    assert c.finish_reason == "stop" and c.token_ids == [5, 11]
