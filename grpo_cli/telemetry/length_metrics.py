@@ -1,0 +1,183 @@
+"""Per-step response-length telemetry over the whole global batch (pure numpy).
+
+The caller gathers every rank's completions first: a per-rank mean/min/max averaged across ranks
+is not the batch's mean/min/max (TRL's "max" is an average of maxima). Metric names follow
+DESIGN.md so metrics.jsonl and W&B agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_PERCENTILES = (10, 50, 90, 99)
+
+
+def step_length_metrics(
+    lengths: np.ndarray,
+    truncated: np.ndarray,
+    rewards: np.ndarray,
+    group_ids: np.ndarray,
+    correct: np.ndarray | None,
+    max_len: int,
+) -> dict[str, float]:
+    """Length, reward and reward-length correlation metrics for one training step.
+
+    Args:
+        lengths: (N,) generated tokens per completion (EOS included, no padding).
+        truncated: (N,) bool, True when the engine stopped the completion at the length cap
+            (its finish reason). Never inferred from ``length == max_len``: a completion that
+            ends with EOS exactly at the cap terminated, and one cut by another limit is not
+            at the cap.
+        rewards: (N,) scalar rewards.
+        group_ids: (N,) prompt group of each completion (any integers).
+        correct: (N,) 1.0/0.0 correctness with NaN for unknown, or None when no grader
+            reports correctness. ``correct >= 0.5`` counts as correct.
+        max_len: the response cap in force this step (logged as ``max_len``).
+
+    Returns:
+        ``length/{mean,std,min,max,p10,p50,p90,p99,clip_ratio,terminated_mean,correct_mean,
+        incorrect_mean}``, ``reward/{mean,std,truncated_mean}``,
+        ``corr/{reward_length_pearson,reward_length_spearman,within_group_spearman,
+        within_group_count}`` and ``max_len``.
+
+        Standard deviations are population (ddof=0) over the batch; percentiles use numpy's
+        linear interpolation. Spearman uses average ranks for ties (as scipy.stats.spearmanr).
+        ``corr/within_group_spearman`` is the unweighted mean over groups of the Spearman
+        correlation between reward and length inside each group; groups where reward or
+        length is constant (including single-completion groups) are skipped, and
+        ``corr/within_group_count`` says how many groups were used.
+
+        A metric that is undefined for this batch is OMITTED, never NaN and never a stand-in
+        0: ``reward/truncated_mean`` with no truncated completion, ``length/terminated_mean``
+        when all are truncated, ``length/correct_mean``/``length/incorrect_mean`` without
+        known correct/incorrect completions, batch correlations when reward or length is
+        constant, ``corr/within_group_*`` when no group qualifies, and everything but
+        ``max_len`` for an empty batch. Non-finite inputs (e.g. a NaN reward) make the
+        affected metrics omitted too. Consumers test ``key in metrics``.
+    """
+    lengths = np.asarray(lengths, dtype=np.float64)
+    truncated = np.asarray(truncated, dtype=bool)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    group_ids = np.asarray(group_ids)
+    n = lengths.shape[0]
+    arrays = {"lengths": lengths, "truncated": truncated, "rewards": rewards,
+              "group_ids": group_ids}
+    if correct is not None:
+        correct = np.asarray(correct, dtype=np.float64)
+        arrays["correct"] = correct
+    for name, arr in arrays.items():
+        if arr.shape != (n,):
+            raise ValueError(f"{name} has shape {arr.shape}, expected ({n},)")
+
+    out: dict[str, float] = {"max_len": int(max_len)}
+    if n == 0:
+        return out
+
+    out["length/mean"] = float(lengths.mean())
+    out["length/std"] = float(lengths.std())
+    out["length/min"] = int(lengths.min())
+    out["length/max"] = int(lengths.max())
+    for q, v in zip(_PERCENTILES, np.percentile(lengths, _PERCENTILES), strict=True):
+        out[f"length/p{q}"] = float(v)
+    n_trunc = int(truncated.sum())
+    out["length/clip_ratio"] = n_trunc / n
+    if n_trunc < n:
+        out["length/terminated_mean"] = float(lengths[~truncated].mean())
+    if correct is not None:
+        known = ~np.isnan(correct)
+        is_right = known & (correct >= 0.5)
+        is_wrong = known & (correct < 0.5)
+        if is_right.any():
+            out["length/correct_mean"] = float(lengths[is_right].mean())
+        if is_wrong.any():
+            out["length/incorrect_mean"] = float(lengths[is_wrong].mean())
+
+    out["reward/mean"] = float(rewards.mean())
+    out["reward/std"] = float(rewards.std())
+    if n_trunc:
+        out["reward/truncated_mean"] = float(rewards[truncated].mean())
+
+    whole = np.zeros(n, dtype=np.int64)
+    flat = np.array([np.ptp(rewards) == 0 or np.ptp(lengths) == 0])
+    pearson = _grouped_pearson(rewards, lengths, whole, flat)
+    if pearson.size:
+        out["corr/reward_length_pearson"] = float(pearson[0])
+    spearman = _grouped_spearman(rewards, lengths, whole)
+    if spearman.size:
+        out["corr/reward_length_spearman"] = float(spearman[0])
+    _, dense = np.unique(group_ids, return_inverse=True)
+    per_group = _grouped_spearman(rewards, lengths, dense.reshape(-1))
+    if per_group.size:
+        out["corr/within_group_spearman"] = float(per_group.mean())
+        out["corr/within_group_count"] = int(per_group.size)
+    return {k: v for k, v in out.items() if np.isfinite(v)}
+
+
+def length_histogram(
+    lengths: np.ndarray, max_len: int, num_bins: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts over FIXED edges ``linspace(0, max_len, num_bins + 1)``.
+
+    Fixed edges make histograms of different steps comparable (W&B stacks them into a heat
+    map), unlike numpy's default data-dependent edges. Bins are half-open except the last,
+    which is closed, so a completion of exactly ``max_len`` lands in the last bin; lengths
+    above ``max_len`` (a cap lowered by a schedule, or an engine that overshot) are counted
+    in the last bin too, so the counts always sum to the batch size. A schedule that changes
+    the cap changes the edges from that step on.
+    """
+    if max_len <= 0:
+        raise ValueError(f"max_len must be positive, got {max_len}")
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be at least 1, got {num_bins}")
+    edges = np.linspace(0.0, float(max_len), num_bins + 1)
+    clipped = np.clip(np.asarray(lengths, dtype=np.float64), 0.0, float(max_len))
+    counts, _ = np.histogram(clipped, bins=edges)
+    return counts.astype(np.int64), edges
+
+
+def _grouped_ranks(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average ranks (1-based, ties averaged) of ``values`` within each group, vectorised.
+
+    Also returns, per group id, whether the group holds a single distinct value.
+    """
+    n = values.shape[0]
+    order = np.lexsort((values, groups))
+    sv, sg = values[order], groups[order]
+    new_run = np.ones(n, dtype=bool)
+    new_run[1:] = (sv[1:] != sv[:-1]) | (sg[1:] != sg[:-1])
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = sg[1:] != sg[:-1]
+    run_starts = np.flatnonzero(new_run)
+    run_ends = np.append(run_starts[1:], n)
+    run_of = np.cumsum(new_run) - 1
+    group_start = np.flatnonzero(new_group)[np.cumsum(new_group) - 1]
+    ranks_sorted = (run_starts + run_ends - 1)[run_of] / 2.0 - group_start + 1.0
+    ranks = np.empty(n, dtype=np.float64)
+    ranks[order] = ranks_sorted
+    runs_per_group = np.bincount(sg[new_run], minlength=int(groups.max()) + 1)
+    return ranks, runs_per_group == 1
+
+
+def _grouped_pearson(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, constant: np.ndarray
+) -> np.ndarray:
+    """Pearson correlation per group (dense ids), skipping groups flagged ``constant``."""
+    num_groups = constant.shape[0]
+    count = np.bincount(groups, minlength=num_groups).astype(np.float64)
+    safe = np.maximum(count, 1.0)
+    dx = x - (np.bincount(groups, weights=x, minlength=num_groups) / safe)[groups]
+    dy = y - (np.bincount(groups, weights=y, minlength=num_groups) / safe)[groups]
+    cov = np.bincount(groups, weights=dx * dy, minlength=num_groups)
+    vx = np.bincount(groups, weights=dx * dx, minlength=num_groups)
+    vy = np.bincount(groups, weights=dy * dy, minlength=num_groups)
+    ids = np.flatnonzero(~constant & (count > 1) & (vx > 0) & (vy > 0))
+    return np.clip(cov[ids] / np.sqrt(vx[ids] * vy[ids]), -1.0, 1.0)
+
+
+def _grouped_spearman(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Spearman correlation per group: Pearson of within-group average ranks."""
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return np.empty(0)
+    rx, cx = _grouped_ranks(x, groups)
+    ry, cy = _grouped_ranks(y, groups)
+    return _grouped_pearson(rx, ry, groups, cx | cy)

@@ -1,0 +1,147 @@
+"""The run's recording side: store + sinks on rank 0, nothing on the other ranks.
+
+The loop calls the same methods on every rank; only rank 0's handle writes, so the loop has no
+``if rank == 0`` branches.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from grpo_cli.config.schema import RunConfig
+from grpo_cli.telemetry.sinks import MetricsSink, MultiSink, NoopSink, StoreSink, WandbSink
+from grpo_cli.telemetry.store import RunStore, new_run_id, resolve_run_dir, runs_root
+from grpo_cli.train.engine import Dist, all_gather_objects
+
+T = TypeVar("T")
+
+_PACKAGES = ("grpo-cli", "torch", "transformers", "deepspeed", "hydra-core", "wandb", "vllm")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_sha() -> str | None:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+@dataclass
+class RunHandle:
+    run_id: str
+    run_dir: Path
+    store: RunStore | None = None  # rank 0 only
+    sink: MetricsSink = field(default_factory=NoopSink)
+    show_progress: bool = False
+    _last: dict[str, float] = field(default_factory=dict)
+    _closed: bool = False
+
+    def note(self, **fields: Any) -> None:
+        """Facts about the run worth keeping in meta.json (e.g. dropped prompts)."""
+        if self.store is not None:
+            self.store.update_meta(**fields)
+
+    def progress(self, steps: Iterable[T]) -> Iterator[T]:
+        """Iterate steps; rank 0 shows a progress bar with the latest headline metrics."""
+        if not self.show_progress:
+            yield from steps
+            return
+        from tqdm import tqdm
+
+        bar = tqdm(steps, desc=f"grpo {self.run_id}", unit="step", dynamic_ncols=True)
+        for step in bar:
+            yield step
+            m = self._last
+            bar.set_postfix_str(
+                f"reward={m.get('reward/mean', float('nan')):.3f} "
+                f"len={m.get('length/mean', float('nan')):.1f} "
+                f"clip={m.get('length/clip_ratio', float('nan')):.2f} "
+                f"s/step={m.get('perf/step_s', float('nan')):.2f}"
+            )
+
+    def log(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        histograms: dict[str, tuple[np.ndarray, np.ndarray]],
+        rollouts: dict[str, np.ndarray],
+        samples: list[dict] | None,
+    ) -> None:
+        self._last = metrics
+        if self.store is not None:
+            self.store.add_rollouts(rollouts)
+        self.sink.log(step, metrics, histograms, samples)
+
+    def save_checkpoint(self, engine: Any, step: int, client_state: dict[str, Any]) -> None:
+        """Every rank writes its ZeRO shard; rank 0 records the latest complete step."""
+        ckpt_dir = self.run_dir / "checkpoints"
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step:06d}",
+                               client_state={**client_state, "step": step})
+        if self.store is not None:
+            self.store.flush_rollouts()
+            self.store.update_meta(last_checkpoint_step=step)
+
+    def close(self, status: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.store is not None:
+            self.store.flush_rollouts()
+            self.store.update_meta(status=status, end_time=time.time())
+        self.sink.close(status)
+        if self.show_progress:
+            print(f"run {self.run_id} {status}: {self.run_dir}", file=sys.stderr)
+
+
+def open_run(cfg: RunConfig, resolved: DictConfig, d: Dist,
+             experiment_text: str | None = None) -> RunHandle:
+    """Create the run directory and sinks on rank 0; agree on the run id across ranks."""
+    root = runs_root(cfg.runs_dir)
+    run_id = cfg.run_id or all_gather_objects(new_run_id() if d.is_main else None, d.world)[0]
+    run_dir = resolve_run_dir(root, run_id)
+    if not d.is_main:
+        return RunHandle(run_id, run_dir)
+    store = RunStore.create(root, run_id)
+    config = OmegaConf.to_container(resolved, resolve=True)
+    assert isinstance(config, dict)
+    config["run_id"] = run_id
+    store.write_config(config)
+    if experiment_text is not None:
+        (store.path / "experiment.yaml").write_text(experiment_text)
+    store.update_meta(
+        run_id=run_id, status="running", sweep_id=cfg.sweep_id, name=cfg.name,
+        git_sha=git_sha(), packages=package_versions(), python=platform.python_version(),
+        world_size=d.world, start_time=time.time(), argv=sys.argv[1:],
+    )
+    sinks: list[MetricsSink] = [StoreSink(store)]
+    w = cfg.logger.wandb
+    if w.mode != "disabled":
+        tags = [f"max_len={cfg.data.max_response_length}", cfg.algorithm.loss_agg_mode]
+        sinks.append(WandbSink.create(
+            run_id=run_id, run_dir=store.path, config=json.loads(json.dumps(config)),
+            mode=w.mode, project=w.project, entity=w.entity, group=cfg.sweep_id, tags=tags,
+        ))
+    return RunHandle(run_id, run_dir, store, MultiSink(sinks), show_progress=cfg.logger.progress)

@@ -1,0 +1,201 @@
+"""Metrics sinks: one interface for the run store, W&B, and nothing (non-zero ranks).
+
+The store is the source of truth; W&B is a view of it. So a W&B failure (bad settings, a full
+disk under wandb/, a network problem in online mode) warns once and disables the W&B sink,
+while a store failure propagates and stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from grpo_cli.telemetry.store import RunStore
+
+log = logging.getLogger(__name__)
+
+Histograms = dict[str, tuple[np.ndarray, np.ndarray]]
+SAMPLE_COLUMNS = ("prompt", "completion", "length", "truncated", "reward")
+_EXIT_CODES = {"completed": 0, "failed": 1, "interrupted": 130}
+
+
+@runtime_checkable
+class MetricsSink(Protocol):
+    def log(
+        self,
+        step: int,
+        scalars: dict[str, float],
+        histograms: Histograms | None = None,
+        samples: list[dict] | None = None,
+    ) -> None: ...
+
+    def close(self, status: str) -> None:
+        """End the sink; ``status`` is ``completed``, ``failed`` or ``interrupted``."""
+        ...
+
+
+class NoopSink:
+    """For non-zero ranks and disabled logging, so callers never branch on rank."""
+
+    def log(self, step: int, scalars: dict[str, float], histograms: Histograms | None = None,
+            samples: list[dict] | None = None) -> None:
+        return None
+
+    def close(self, status: str) -> None:
+        return None
+
+
+class StoreSink:
+    """Scalars -> metrics.jsonl, samples -> samples.jsonl.
+
+    Histograms are not stored: they are recomputable from the rollout parts. The store's
+    owner (not this sink) flushes rollouts and records the final status in meta.json.
+    """
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    def log(self, step: int, scalars: dict[str, float], histograms: Histograms | None = None,
+            samples: list[dict] | None = None) -> None:
+        self.store.append_metrics(
+            {"step": int(step), **{k: v for k, v in scalars.items() if k != "step"}})
+        if samples:
+            self.store.append_samples([{"step": int(step), **s} for s in samples])
+
+    def close(self, status: str) -> None:
+        return None
+
+
+class WandbSink:
+    """Logs to a W&B run; any W&B error warns once and turns the sink into a no-op."""
+
+    def __init__(self, run: Any | None) -> None:
+        self._run = run
+
+    @property
+    def active(self) -> bool:
+        return self._run is not None
+
+    @classmethod
+    def create(
+        cls,
+        run_id: str,
+        run_dir: Path | str,
+        config: dict[str, Any],
+        mode: str = "offline",
+        project: str | None = None,
+        entity: str | None = None,
+        group: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> WandbSink:
+        """Start (or resume) W&B run ``run_id`` with its files under ``run_dir/wandb``.
+
+        Never raises: if W&B cannot start, the run goes on with the store alone. The API key
+        is left to W&B's own login mechanisms and never passed or written here.
+        """
+        if mode == "disabled":
+            return cls(None)
+        try:
+            import wandb  # slow import: only when W&B is actually used
+
+            run = wandb.init(
+                id=run_id, dir=str(run_dir), mode=mode, config=config, group=group,
+                tags=list(tags), project=project, entity=entity, resume="allow",
+            )
+        except Exception as e:  # any W&B failure must not stop training
+            _warn_disabled("init", e)
+            return cls(None)
+        sink = cls(run)
+        try:
+            # The training step is the x-axis of every chart (steps numbered from 0).
+            run.define_metric("step")
+            run.define_metric("*", step_metric="step")
+        except Exception as e:
+            sink._disable("define_metric", e)
+        return sink
+
+    def log(self, step: int, scalars: dict[str, float], histograms: Histograms | None = None,
+            samples: list[dict] | None = None) -> None:
+        if self._run is None:
+            return
+        try:
+            import wandb
+
+            payload: dict[str, Any] = {"step": int(step)}
+            for key, value in scalars.items():
+                number = _finite(value)
+                if number is not None:
+                    payload[key] = number
+            for key, (counts, edges) in (histograms or {}).items():
+                payload[key] = wandb.Histogram(
+                    np_histogram=(np.asarray(counts).tolist(), np.asarray(edges).tolist()))
+            if samples:
+                rows = [[_plain(s.get(c)) for c in SAMPLE_COLUMNS] for s in samples]
+                payload["samples"] = wandb.Table(columns=list(SAMPLE_COLUMNS), data=rows)
+            self._run.log(payload, step=int(step))
+        except Exception as e:
+            self._disable("log", e)
+
+    def close(self, status: str) -> None:
+        if self._run is None:
+            return
+        try:
+            self._run.summary["status"] = status
+            self._run.finish(exit_code=_EXIT_CODES.get(status, 1))
+        except Exception as e:
+            self._disable("finish", e)
+        self._run = None
+
+    def _disable(self, what: str, error: Exception) -> None:
+        _warn_disabled(what, error)
+        run, self._run = self._run, None
+        try:  # release W&B's background service; errors here are moot
+            run.finish(exit_code=1)
+        except Exception:
+            pass
+
+
+def _warn_disabled(what: str, error: Exception) -> None:
+    first_line = (str(error).splitlines() or [""])[0][:300]
+    log.warning("W&B %s failed (%s: %s); continuing without W&B, the run store still records "
+                "everything", what, type(error).__name__, first_line)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _finite(value: Any) -> float | int | None:
+    """A plain finite number, or None (W&B gets no NaN/inf, matching metrics.jsonl)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not isinstance(value, int | float):  # bools are ints: kept, as in metrics.jsonl
+        return None
+    return value if math.isfinite(value) else None
+
+
+class MultiSink:
+    """Fans out to several sinks; ``close`` closes all even if one raises."""
+
+    def __init__(self, sinks: Sequence[MetricsSink]) -> None:
+        self.sinks = list(sinks)
+
+    def log(self, step: int, scalars: dict[str, float], histograms: Histograms | None = None,
+            samples: list[dict] | None = None) -> None:
+        for sink in self.sinks:
+            sink.log(step, scalars, histograms, samples)
+
+    def close(self, status: str) -> None:
+        first: BaseException | None = None
+        for sink in self.sinks:
+            try:
+                sink.close(status)
+            except Exception as e:  # close the rest, then re-raise
+                first = first or e
+        if first is not None:
+            raise first

@@ -1,0 +1,179 @@
+"""Length telemetry: hand-computed batches, scipy cross-checks, degenerate cases omit keys."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from grpo_cli.telemetry.length_metrics import length_histogram, step_length_metrics
+
+ALWAYS = {"max_len", "length/mean", "length/std", "length/min", "length/max", "length/p10",
+          "length/p50", "length/p90", "length/p99", "length/clip_ratio", "reward/mean",
+          "reward/std"}
+
+
+def metrics(lengths, truncated, rewards, groups, correct=None, max_len=10):
+    return step_length_metrics(np.asarray(lengths), np.asarray(truncated, dtype=bool),
+                               np.asarray(rewards, dtype=float), np.asarray(groups),
+                               None if correct is None else np.asarray(correct, dtype=float),
+                               max_len)
+
+
+def test_hand_computed_batch() -> None:
+    # Two groups of 3. Group 0: longer -> lower reward; group 1: longer -> higher reward.
+    m = metrics(lengths=[2, 4, 10, 3, 6, 9], truncated=[0, 0, 1, 0, 0, 0],
+                rewards=[1, 0.5, 0, 0, 0.5, 1], groups=[0, 0, 0, 1, 1, 1],
+                correct=[1, 1, 0, 0, np.nan, 1], max_len=10)
+    assert m["length/mean"] == pytest.approx(34 / 6)
+    assert m["length/std"] == pytest.approx(np.sqrt(np.mean((np.array(
+        [2, 4, 10, 3, 6, 9]) - 34 / 6) ** 2)))  # population std
+    assert (m["length/min"], m["length/max"]) == (2, 10)
+    assert m["length/p50"] == pytest.approx(5.0)
+    assert m["length/clip_ratio"] == pytest.approx(1 / 6)
+    assert m["length/terminated_mean"] == pytest.approx((2 + 4 + 3 + 6 + 9) / 5)
+    assert m["length/correct_mean"] == pytest.approx((2 + 4 + 9) / 3)
+    assert m["length/incorrect_mean"] == pytest.approx((10 + 3) / 2)  # NaN = unknown, left out
+    assert m["reward/mean"] == pytest.approx(0.5)
+    assert m["reward/truncated_mean"] == 0.0  # defined (one truncated sample), truly zero
+    assert m["corr/within_group_spearman"] == pytest.approx(0.0)  # -1 and +1
+    assert m["corr/within_group_count"] == 2
+    assert m["max_len"] == 10
+    assert all(np.isfinite(v) for v in m.values())
+
+
+def test_matches_numpy_and_scipy_on_a_realistic_batch() -> None:
+    rng = np.random.default_rng(1)
+    n, g, cap = 512, 8, 1024
+    lengths = rng.integers(1, cap + 1, n)
+    lengths[rng.random(n) < 0.15] = cap
+    truncated = (lengths == cap) & (rng.random(n) < 0.9)  # some end with EOS at the cap
+    rewards = rng.integers(0, 3, n) / 2.0  # many ties
+    groups = rng.permutation(np.repeat(np.arange(n // g) * 7 + 3, g))  # sparse, shuffled ids
+    correct = np.where(rng.random(n) < 0.2, np.nan, (rewards > 0.5).astype(float))
+
+    m = step_length_metrics(lengths, truncated, rewards, groups, correct, cap)
+    p = np.percentile(lengths, [10, 50, 90, 99])
+    assert [m[f"length/p{q}"] for q in (10, 50, 90, 99)] == pytest.approx(p)
+    assert m["length/std"] == pytest.approx(lengths.std())
+    assert m["length/clip_ratio"] == pytest.approx(truncated.mean())
+    assert m["reward/std"] == pytest.approx(rewards.std())
+    assert m["reward/truncated_mean"] == pytest.approx(rewards[truncated].mean())
+    assert m["corr/reward_length_pearson"] == pytest.approx(
+        stats.pearsonr(rewards, lengths).statistic, abs=1e-12)
+    assert m["corr/reward_length_spearman"] == pytest.approx(
+        stats.spearmanr(rewards, lengths).statistic, abs=1e-12)
+
+    per_group = []
+    for gid in np.unique(groups):
+        r, ln = rewards[groups == gid], lengths[groups == gid]
+        if np.ptp(r) > 0 and np.ptp(ln) > 0:
+            per_group.append(stats.spearmanr(r, ln).statistic)
+    assert m["corr/within_group_count"] == len(per_group)
+    assert m["corr/within_group_spearman"] == pytest.approx(np.mean(per_group), abs=1e-12)
+
+
+def test_spearman_with_ties_inside_groups_matches_scipy() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        size = int(rng.integers(2, 9))
+        groups = np.repeat(np.arange(6), size)
+        lengths = rng.integers(1, 5, groups.size)  # heavy ties in length too
+        rewards = rng.integers(0, 3, groups.size).astype(float)
+        m = metrics(lengths, np.zeros(groups.size), rewards, groups, max_len=8)
+        expected = [stats.spearmanr(rewards[groups == k], lengths[groups == k]).statistic
+                    for k in range(6)
+                    if np.ptp(rewards[groups == k]) and np.ptp(lengths[groups == k])]
+        if expected:
+            assert m["corr/within_group_spearman"] == pytest.approx(np.mean(expected))
+            assert m["corr/within_group_count"] == len(expected)
+        else:
+            assert "corr/within_group_spearman" not in m
+
+
+def test_clip_ratio_uses_the_finish_reason_not_length_equal_to_cap() -> None:
+    # The first completion ended with EOS exactly at the cap; the last was cut by the cap.
+    # veRL counts "length == padded width" and would report 2/4 (or 0/4 when over-padded).
+    m = metrics(lengths=[8, 3, 5, 8], truncated=[False, False, False, True],
+                rewards=[1, 0, 1, 0], groups=[0, 0, 1, 1], max_len=8)
+    assert m["length/clip_ratio"] == 0.25
+    assert m["length/terminated_mean"] == pytest.approx((8 + 3 + 5) / 3)
+    assert m["reward/truncated_mean"] == 0.0
+
+
+def test_degenerate_batches_omit_undefined_metrics() -> None:
+    # Constant reward, nothing truncated, no correctness info.
+    m = metrics(lengths=[3, 5, 7, 9], truncated=[0, 0, 0, 0], rewards=[1, 1, 1, 1],
+                groups=[0, 0, 1, 1])
+    assert ALWAYS | {"length/terminated_mean"} == set(m)
+    for key in ("reward/truncated_mean", "corr/reward_length_pearson",
+                "corr/reward_length_spearman", "corr/within_group_spearman",
+                "corr/within_group_count", "length/correct_mean", "length/incorrect_mean"):
+        assert key not in m
+    assert m["reward/std"] == 0.0
+
+    # Everything truncated at the same length: no terminated mean, constant length.
+    m = metrics(lengths=[10] * 4, truncated=[1] * 4, rewards=[0, 1, 0, 1], groups=[0, 0, 1, 1],
+                correct=[np.nan] * 4)
+    assert "length/terminated_mean" not in m and "corr/reward_length_pearson" not in m
+    assert "length/correct_mean" not in m and "length/incorrect_mean" not in m
+    assert m["length/clip_ratio"] == 1.0
+
+    # Only wrong answers known: incorrect mean only.
+    m = metrics(lengths=[2, 4], truncated=[0, 0], rewards=[0, 0], groups=[0, 0],
+                correct=[0.0, np.nan])
+    assert m["length/incorrect_mean"] == 2.0 and "length/correct_mean" not in m
+
+    # Empty batch: only the cap.
+    assert metrics([], [], [], []) == {"max_len": 10}
+
+    # A NaN reward: reward statistics and correlations are undefined, never NaN.
+    m = metrics(lengths=[1, 2, 3], truncated=[0, 0, 0], rewards=[0, np.nan, 1], groups=[0, 0, 0])
+    assert all(np.isfinite(v) for v in m.values())
+    assert "reward/mean" not in m and "corr/reward_length_spearman" not in m
+
+
+def test_within_group_spearman_skips_constant_groups_and_counts_used_ones() -> None:
+    m = metrics(
+        lengths=[1, 2, 3, 4, 4, 4, 1, 2, 3, 7],
+        rewards=[0, 1, 2, 1, 0, 1, 5, 5, 5, 9],
+        groups=[0, 0, 0, 1, 1, 1, 2, 2, 2, 3],  # 1: constant length, 2: constant reward,
+        truncated=[0] * 10,                      # 3: a single completion
+    )
+    assert m["corr/within_group_count"] == 1
+    assert m["corr/within_group_spearman"] == pytest.approx(1.0)
+
+
+def test_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="rewards"):
+        metrics(lengths=[1, 2], truncated=[0, 0], rewards=[1.0], groups=[0, 0])
+
+
+def test_fast_for_512_completions() -> None:
+    rng = np.random.default_rng(3)
+    n = 512
+    args = (rng.integers(1, 2049, n), rng.random(n) < 0.1, rng.random(n),
+            np.repeat(np.arange(n // 8), 8), rng.integers(0, 2, n).astype(float), 2048)
+    step_length_metrics(*args)
+    best = min(_timed(step_length_metrics, args) for _ in range(20))
+    assert best < 0.005, f"{best * 1e3:.2f} ms"
+
+
+def _timed(fn, args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def test_histogram_has_fixed_edges_and_keeps_overflow() -> None:
+    counts, edges = length_histogram(np.array([0, 1, 4, 7, 8, 8, 12]), max_len=8, num_bins=4)
+    assert edges.tolist() == [0, 2, 4, 6, 8]
+    # [0,2) [2,4) [4,6) [6,8]; 12 is above the cap and is counted in the last bin.
+    assert counts.tolist() == [2, 0, 1, 4]
+    assert counts.sum() == 7
+    same_edges = length_histogram(np.array([3]), max_len=8, num_bins=4)[1]
+    assert np.array_equal(edges, same_edges)  # independent of the data
+    with pytest.raises(ValueError):
+        length_histogram(np.array([1]), max_len=0)
