@@ -1,0 +1,264 @@
+"""`grpo sweep`: one run per combination, launched through Hydra's multirun launchers.
+
+The parent process plans the arms with Hydra's own sweeper logic (so ``a=1,2``, ``range()``,
+``choice()`` and group globs mean what Hydra documents), writes the manifest, hands the
+overrides to Hydra's ``--multirun`` (basic, joblib, submitit_local, submitit_slurm launchers),
+and finally collects each arm's status into the manifest and a summary table.
+
+Each arm is an ordinary run (its own store) whose id is ``<sweep-id>-<arm index>``; arms
+report their status in ``arms/<index>.json`` so parallel arms never write the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from grpo_cli.config.loader import (
+    ConfigError,
+    conf_dir,
+    experiment_searchpath,
+    parse_args,
+    to_run_config,
+)
+from grpo_cli.telemetry.store import atomic_write_text, read_metrics, runs_root
+
+SWEEP_FILE_KEYS = {"config", "params", "overrides", "launcher", "n_jobs"}
+
+
+@dataclass
+class Arm:
+    index: int
+    overrides: list[str]  # the swept values of this arm, as the user wrote them
+    run_id: str
+    status: str = "pending"  # pending | running | completed | failed | interrupted
+
+
+@dataclass
+class SweepPlan:
+    sweep_id: str
+    sweep_dir: Path
+    common: list[str]  # overrides shared by every arm (incl. launcher and config=)
+    arms: list[Arm] = field(default_factory=list)
+
+
+def new_sweep_id() -> str:
+    from grpo_cli.telemetry.store import new_run_id
+
+    return "sweep-" + new_run_id()
+
+
+def expand_sweep_file(args: list[str]) -> list[str]:
+    """``sweeps/x.yaml`` as first argument becomes the overrides it describes."""
+    if not args or not args[0].endswith((".yaml", ".yml")) or "=" in args[0]:
+        return args
+    path = Path(args[0])
+    if not path.is_file():
+        raise ConfigError(f"{args[0]}: sweep file not found")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - SWEEP_FILE_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed: "
+                          f"{', '.join(sorted(SWEEP_FILE_KEYS))}")
+    out: list[str] = []
+    if spec.get("config"):
+        out.append(f"config={spec['config']}")
+    for key, values in (spec.get("params") or {}).items():
+        vals = values if isinstance(values, str) else ",".join(str(v) for v in values)
+        out.append(f"{key}={vals}")
+    out += [str(o) for o in spec.get("overrides") or []]
+    if spec.get("launcher"):
+        out.append(f"hydra/launcher={spec['launcher']}")
+    if spec.get("n_jobs"):
+        out.append(f"hydra.launcher.n_jobs={spec['n_jobs']}")
+    return out + args[1:]
+
+
+def plan(args: list[str], sweep_id: str | None = None, runs_dir: str | None = None) -> SweepPlan:
+    """Expand the sweep into arms exactly as Hydra's basic sweeper orders them."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parsed = parse_args(expand_sweep_file(args))
+    sweep_id = sweep_id or new_sweep_id()
+    root = runs_root(runs_dir)
+    hydra_args = [o for o in parsed.overrides if o.startswith(("hydra.", "hydra/"))]
+    job_args = [o for o in parsed.overrides if o not in hydra_args]
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(conf_dir())))
+    try:
+        overrides = OverridesParser.create(config_loader=loader).parse_overrides(job_args)
+        (batches,) = BasicSweeper.split_arguments(overrides, None)
+    except HydraException as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+    swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
+    common = [o for o in job_args if o.split("=", 1)[0].lstrip("+~") not in swept]
+    if parsed.experiment is not None:
+        common.insert(0, f"config={parsed.experiment}")
+    sweep = SweepPlan(sweep_id, root / "sweeps" / sweep_id, common + hydra_args)
+    for i, arm_overrides in enumerate(batches):
+        mine = [o for o in arm_overrides if o.split("=", 1)[0] in swept]
+        sweep.arms.append(Arm(i, mine, f"{sweep_id}-{i:03d}"))
+    return sweep
+
+
+def write_manifest(sweep: SweepPlan, **extra: Any) -> None:
+    sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
+    data = {"sweep_id": sweep.sweep_id, "common_overrides": sweep.common,
+            "arms": [asdict(a) for a in sweep.arms], **extra}
+    atomic_write_text(sweep.sweep_dir / "manifest.json", json.dumps(data, indent=2))
+
+
+def read_manifest(sweep_dir: Path) -> dict[str, Any]:
+    path = sweep_dir / "manifest.json"
+    if not path.is_file():
+        raise ConfigError(f"sweep {sweep_dir.name}: no manifest at {path}")
+    return json.loads(path.read_text())
+
+
+def arm_status(sweep_dir: Path, index: int) -> dict[str, Any]:
+    path = sweep_dir / "arms" / f"{index:03d}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# ---- the Hydra task: runs in whatever process the launcher chose -------------------------
+
+
+def _arm_task(cfg: DictConfig) -> str:
+    """One arm. Failures are recorded, never raised, so the other arms carry on."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from grpo_cli.config.validate import validate
+    from grpo_cli.train.loop import train
+
+    hc = HydraConfig.get()
+    index = int(hc.job.num)
+    sweep_dir = Path(os.environ["GRPO_SWEEP_DIR"])
+    status_file = sweep_dir / "arms" / f"{index:03d}.json"
+    status_file.parent.mkdir(parents=True, exist_ok=True)
+    previous = arm_status(sweep_dir, index)
+    if previous.get("status") == "completed":
+        return "completed"  # --resume: never redo or overwrite a finished arm
+    attempt = int(previous.get("attempt", -1)) + 1
+    run_id = f"{sweep_dir.name}-{index:03d}" + (f"-r{attempt}" if attempt else "")
+    record = {"index": index, "run_id": run_id, "attempt": attempt,
+              "overrides": list(hc.overrides.task), "status": "running"}
+    atomic_write_text(status_file, json.dumps(record))
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    plain.run_id = run_id
+    try:
+        run_cfg = to_run_config(plain)
+        validate(run_cfg)
+        train(run_cfg, OmegaConf.structured(run_cfg))
+        record["status"] = "completed"
+    except KeyboardInterrupt:
+        record["status"] = "interrupted"
+        atomic_write_text(status_file, json.dumps(record))
+        raise
+    except BaseException as e:  # one failing arm must not stop the others
+        record.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
+    atomic_write_text(status_file, json.dumps(record))
+    return str(record["status"])
+
+
+def launch(sweep: SweepPlan) -> None:
+    """Hand the sweep to Hydra's multirun with the chosen launcher."""
+    import hydra
+
+    parsed = parse_args(sweep.common)
+    swept: dict[str, list[str]] = {}
+    for arm in sweep.arms:
+        for o in arm.overrides:
+            key, value = o.split("=", 1)
+            if value not in swept.setdefault(key, []):
+                swept[key].append(value)
+    sweep_args = [f"{k}={','.join(v)}" for k, v in swept.items()]
+    os.environ["GRPO_SWEEP_DIR"] = str(sweep.sweep_dir)
+    task = hydra.main(config_path=str(conf_dir()), config_name="config",
+                      version_base="1.3")(_arm_task)
+    with experiment_searchpath(parsed.experiment) as extra:
+        argv = [
+            "grpo-sweep", "--multirun", *extra, *parsed.overrides, *sweep_args,
+            f"sweep_id={sweep.sweep_id}",
+            f"runs_dir={sweep.sweep_dir.parent.parent}",
+            f"hydra.sweep.dir={sweep.sweep_dir / 'hydra'}",
+            "hydra.job.chdir=false",
+        ]
+        saved = sys.argv
+        sys.argv = argv
+        try:
+            task()
+        finally:
+            sys.argv = saved
+
+
+def summarize(sweep: SweepPlan) -> list[dict[str, Any]]:
+    """Collect arm statuses and headline numbers (mean over the last 10% of steps)."""
+    rows = []
+    for arm in sweep.arms:
+        st = arm_status(sweep.sweep_dir, arm.index)
+        arm.status = st.get("status", "pending")
+        arm.run_id = st.get("run_id", arm.run_id)
+        row: dict[str, Any] = {"arm": arm.index, "overrides": " ".join(arm.overrides),
+                               "status": arm.status, "run_id": arm.run_id}
+        run_dir = sweep.sweep_dir.parent.parent / arm.run_id
+        metrics = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+        if metrics:
+            tail = metrics[-max(1, len(metrics) // 10):]
+            for key, name in (("length/mean", "len"), ("length/clip_ratio", "clip"),
+                              ("reward/mean", "reward")):
+                vals = [m[key] for m in tail if key in m]
+                row[name] = sum(vals) / len(vals) if vals else None
+            row["steps"] = len(metrics)
+        if st.get("error"):
+            row["error"] = st["error"]
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    cols = ["arm", "overrides", "status", "steps", "len", "clip", "reward", "run_id"]
+    def cell(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+    table = [[cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)) for t in table]
+    return "\n".join(lines)
+
+
+def run_sweep(args: list[str], dry_run: bool = False, resume: str | None = None) -> int:
+    """Plan, launch and summarise; returns the exit code (non-zero if any arm failed)."""
+    sweep = plan(args, sweep_id=resume)
+    if resume:
+        prior = read_manifest(sweep.sweep_dir)
+        if [a["overrides"] for a in prior["arms"]] != [a.overrides for a in sweep.arms]:
+            raise ConfigError(f"--resume {resume}: the arms differ from the original sweep; "
+                              "repeat the original command's overrides")
+    if dry_run:
+        print(f"sweep {sweep.sweep_id}: {len(sweep.arms)} arms (dry run, nothing started)")
+        print(f"common: {' '.join(sweep.common) or '-'}")
+        for arm in sweep.arms:
+            print(f"  [{arm.index:03d}] {' '.join(arm.overrides) or '-':40s} "
+                  f"-> {sweep.sweep_dir.parent.parent / arm.run_id}")
+        return 0
+    write_manifest(sweep, status="running", start_time=time.time())
+    launch(sweep)
+    rows = summarize(sweep)
+    failed = [r for r in rows if r["status"] != "completed"]
+    write_manifest(sweep, status="failed" if failed else "completed", end_time=time.time())
+    print(f"sweep {sweep.sweep_id}: {len(rows) - len(failed)}/{len(rows)} arms completed")
+    print(format_table(rows))
+    for r in failed:
+        print(f"arm {r['arm']} {r['status']}: {r.get('error', '')}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,82 @@
+"""`grpo sweep` through the real CLI and Hydra's launchers (joblib, submitit_local)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from grpo_cli.telemetry.store import read_metrics
+from tests.conftest import TINY
+
+SHORT = [*TINY, "trainer.steps=2", "logger.wandb.mode=offline"]
+
+
+def manifest(runs_dir: Path) -> dict:
+    (path,) = list((runs_dir / "sweeps").glob("*/manifest.json"))
+    return json.loads(path.read_text())
+
+
+def test_dry_run_lists_the_cartesian_product_and_starts_nothing(grpo, runs_dir: Path) -> None:
+    res = grpo("sweep", "--dry-run", "max_len=16,24", "seed=1,2,3", "trainer.steps=2")
+    assert res.returncode == 0, res.stderr
+    assert "6 arms" in res.stdout
+    arms = [line for line in res.stdout.splitlines() if line.strip().startswith("[")]
+    assert len(arms) == 6
+    assert "data.max_response_length=16 seed=1" in arms[0]
+    assert not runs_dir.exists() or not any(runs_dir.rglob("meta.json"))
+
+
+def test_joblib_sweep_two_parallel_arms(grpo, runs_dir: Path) -> None:
+    res = grpo("sweep", "max_len=16,24", *SHORT, "hydra/launcher=joblib",
+               "hydra.launcher.n_jobs=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    man = manifest(runs_dir)
+    assert man["status"] == "completed" and len(man["arms"]) == 2
+    run_ids = [a["run_id"] for a in man["arms"]]
+    assert len(set(run_ids)) == 2
+    caps = set()
+    for run_id in run_ids:
+        meta = json.loads((runs_dir / run_id / "meta.json").read_text())
+        assert meta["status"] == "completed" and meta["sweep_id"] == man["sweep_id"]
+        metrics = read_metrics(runs_dir / run_id)
+        assert len(metrics) == 2
+        caps.add(metrics[0]["max_len"])
+        wandb_runs = list((runs_dir / run_id / "wandb").glob("offline-run-*"))
+        assert len(wandb_runs) == 1 and run_id in wandb_runs[0].name
+    assert caps == {16, 24}
+    assert "2/2 arms completed" in res.stdout
+
+
+def test_failing_arm_does_not_stop_the_other_and_resume_retries_it(
+    grpo, runs_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def fn(batch):\n    raise ValueError('boom')\n")
+    args = ["sweep", f"reward.function={bad}:fn,grpo_cli.rewards.math:compute_score", *SHORT,
+            "max_len=16", "logger.wandb.mode=disabled"]
+    res = grpo(*args)
+    assert res.returncode == 1
+    man = manifest(runs_dir)
+    statuses = [a["status"] for a in man["arms"]]
+    assert statuses == ["failed", "completed"], statuses
+    assert "boom" in res.stderr
+    done = runs_dir / man["arms"][1]["run_id"]
+    before = (done / "metrics.jsonl").read_text()
+
+    # Fix the reward file and resume: only the failed arm runs again.
+    bad.write_text("def fn(batch):\n    return [0.5 for _ in batch]\n")
+    res2 = grpo(args[0], "--resume", man["sweep_id"], *args[1:])
+    assert res2.returncode == 0, res2.stderr[-3000:]
+    man2 = manifest(runs_dir)
+    assert [a["status"] for a in man2["arms"]] == ["completed", "completed"]
+    assert man2["arms"][0]["run_id"].endswith("-r1")
+    assert (done / "metrics.jsonl").read_text() == before  # untouched
+
+
+def test_submitit_local_launcher_runs_an_arm(grpo, runs_dir: Path) -> None:
+    res = grpo("sweep", "max_len=16", *SHORT, "logger.wandb.mode=disabled",
+               "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-2000:]
+    (arm,) = manifest(runs_dir)["arms"]
+    assert arm["status"] == "completed"
+    assert len(read_metrics(runs_dir / arm["run_id"])) == 2
