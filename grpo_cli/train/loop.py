@@ -158,6 +158,12 @@ def train_on_batch(
     return out
 
 
+def gather_columns(local: dict[str, np.ndarray], d: eng.Dist) -> dict[str, np.ndarray]:
+    """Per-completion columns of every rank, concatenated in rank order (groups stay whole)."""
+    parts = eng.all_gather_objects(local, d.world)
+    return {k: np.concatenate([p[k] for p in parts]) for k in local}
+
+
 def train(cfg: RunConfig, resolved: DictConfig, experiment_text: str | None = None) -> str:
     """Run GRPO as configured; returns the run id. The run store is written by rank 0."""
     d = eng.init_distributed()
@@ -210,6 +216,7 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
 
     # --- steps ------------------------------------------------------------------------------
     per_rank = t.prompts_per_step // d.world
+    last_log_s = 0.0
     for step in run.progress(range(t.steps)):
         step_start = time.perf_counter()
         cap = cap_at_step(schedule, step, cfg.data.max_response_length)
@@ -255,7 +262,8 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
         train_s = time.perf_counter() - train_start
 
         # --- telemetry over the whole global batch ---------------------------------------
-        local = {
+        telemetry_start = time.perf_counter()
+        cols = gather_columns({
             "step": np.full(len(comps), step, dtype=np.int32),
             "prompt_id": np.array([local_ids[c.prompt_index] for c in comps], dtype=np.int64),
             "sample": np.array([c.sample for c in comps], dtype=np.int16),
@@ -265,22 +273,21 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
             "correct": scores.correct.astype(np.float32),
             "advantage": advantages.numpy().astype(np.float32),
             **{k: v.astype(np.float32) for k, v in scores.components.items()},
-        }
-        parts = eng.all_gather_objects(local, d.world)
-        cols = {k: np.concatenate([p[k] for p in parts]) for k in local}
+        }, d)
         group_ids = np.arange(len(cols["step"])) // r.n  # every rank's groups are contiguous
         metrics = step_length_metrics(
             cols["response_length"], cols["truncated"], cols["reward"], group_ids,
             cols["correct"], cap,
         )
-        for name in scores.components:
-            metrics[f"reward/{name}_mean"] = float(np.nanmean(cols[name]))
-        step_s = time.perf_counter() - step_start
+        metrics.update({f"reward/{k}_mean": float(np.nanmean(cols[k])) for k in scores.components})
         metrics.update(train_stats)
+        step_s = time.perf_counter() - step_start
         metrics.update({
             "reward/zero_std_frac": zero_std_group_fraction(torch.tensor(cols["reward"]), r.n),
             "perf/rollout_s": rollout_s, "perf/train_s": train_s, "perf/step_s": step_s,
             "perf/tokens_per_s": float(cols["response_length"].sum()) / step_s,
+            # gather + metrics of this step, plus the sinks' write time of the previous one
+            "perf/telemetry_s": time.perf_counter() - telemetry_start + last_log_s,
         })
         samples = None
         if cfg.logger.sample_every > 0 and step % cfg.logger.sample_every == 0:
@@ -291,8 +298,10 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
                 for c, text, c_len, rw in list(zip(comps, texts, lengths, rewards,
                                                    strict=True))[: cfg.logger.samples_per_step]
             ]
-        run.log(step, metrics, {"length/hist": length_histogram(cols["response_length"], hist_cap)},
-                cols, samples)
+        log_start = time.perf_counter()
+        hist = length_histogram(cols["response_length"], hist_cap)
+        run.log(step, metrics, {"length/hist": hist}, cols, samples)
+        last_log_s = time.perf_counter() - log_start
         if t.save_every > 0 and (step + 1) % t.save_every == 0:
             run.save_checkpoint(policy, step, {"sampler": sampler.state_dict()})
     if t.save_final:
