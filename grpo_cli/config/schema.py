@@ -56,6 +56,8 @@ class AlgorithmConfig:
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.28
     mask_truncated: bool = False  # DAPO overlong filtering: truncated completions carry no loss
+    # Leave truncated completions out of the group mean/std too (default: they still count).
+    mask_truncated_in_adv: bool = False
     # Constant C of seq-mean-token-sum-norm; null means the response cap in force.
     loss_norm_constant: float | None = None
 
@@ -65,6 +67,20 @@ class RewardConfig:
     # "module:fn" or "path/to/file.py:fn"; called once per batch with a list of dicts.
     function: str = "grpo_cli.rewards.math:compute_score"
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Multi-objective: overall = sum of weight * component (e.g. {accuracy: 1.0, format: 0.1});
+    # null keeps the reward function's own `overall`.
+    weights: dict[str, float] | None = None
+
+
+@dataclass
+class CosineLengthConfig:
+    """Yeo et al. 2025 cosine length-scaled reward (their published values)."""
+
+    r0_correct: float = 2.0
+    rL_correct: float = 1.0
+    r0_wrong: float = -10.0
+    rL_wrong: float = 0.0
+    r_exceed: float = -10.0
 
 
 @dataclass
@@ -72,8 +88,13 @@ class LengthConfig:
     """Length controls (caps schedule, overlong penalty, length-aware rewards)."""
 
     schedule: list[Any] | None = None  # [[step, max_len], ...]; null: the fixed cap
+    schedule_mode: str = "step"  # step: piecewise constant | linear: interpolate between stages
     overlong_buffer: int = 0  # DAPO soft overlong punishment; 0 disables
     overlong_penalty_factor: float = 1.0
+    penalty: str = "none"  # none | cosine | kimi | linear
+    penalty_weight: float = 1.0  # multiplies the penalty term before it is added
+    penalty_warmup_steps: int = 0  # the penalty applies from this step on (Kimi: after warm-up)
+    cosine: CosineLengthConfig = field(default_factory=CosineLengthConfig)
 
 
 @dataclass
@@ -92,6 +113,15 @@ class TrainerConfig:
     save_final: bool = False
     val_every: int = 0  # 0 disables the validation probe
     num_threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+
+
+@dataclass
+class ValConfig:
+    """Natural-length probe: fixed held-out prompts sampled at a generous cap."""
+
+    max_len: int | None = None  # null: 4x the training cap
+    num_prompts: int = 16
+    n: int = 2  # samples per prompt
 
 
 @dataclass
@@ -119,6 +149,7 @@ class RunConfig:
     length: LengthConfig = field(default_factory=LengthConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    val: ValConfig = field(default_factory=ValConfig)
     seed: int = 0
     name: str | None = None  # optional human label, kept in meta.json
     runs_dir: str | None = None  # default: $GRPO_RUNS_DIR or ./runs

@@ -9,10 +9,11 @@ import json
 import os
 from pathlib import Path
 
+from grpo_cli.algo.losses import LOSS_AGG_MODES
 from grpo_cli.config.loader import ConfigError
 from grpo_cli.config.schema import TOY, RunConfig
+from grpo_cli.rewards.combine import LENGTH_PENALTIES
 
-LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 BACKENDS = ("hf", "vllm")
 WANDB_MODES = ("offline", "online", "disabled")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -80,6 +81,12 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     )
 
     caps = [d.max_response_length] + [int(c) for _, c in _schedule(cfg)]
+    _choice("length.schedule_mode", cfg.length.schedule_mode, ("step", "linear"))
+    _choice("length.penalty", cfg.length.penalty, LENGTH_PENALTIES)
+    buffer = cfg.length.overlong_buffer
+    _require(0 <= buffer <= min(caps), f"length.overlong_buffer={buffer}: must be between 0 and "
+             f"the smallest response cap ({min(caps)})")
+    _require(cfg.length.penalty_warmup_steps >= 0, "length.penalty_warmup_steps: must be >= 0")
     context = model_context_length(cfg.model.path)
     if context is not None:
         _require(
@@ -87,6 +94,13 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
             f"data.max_prompt_length ({d.max_prompt_length}) + max response cap ({max(caps)}) "
             f"exceeds the model context of {context} tokens (model.path={cfg.model.path})",
         )
+    if t.val_every > 0:
+        v = cfg.val
+        val_cap = v.max_len or 4 * max(caps)
+        _require(v.n >= 1 and v.num_prompts >= 1, "val.n and val.num_prompts: must be >= 1")
+        _require(context is None or d.max_prompt_length + val_cap <= context,
+                 f"val.max_len={val_cap}: prompt cap + validation cap exceed the model context "
+                 f"of {context} tokens; set val.max_len lower")
     _validate_data_spec("data.train_files", d.train_files)
     if d.val_files:
         _validate_data_spec("data.val_files", d.val_files)

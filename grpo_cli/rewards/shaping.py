@@ -73,19 +73,31 @@ def linear_length_penalty(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return -lengths.float() / max_len
 
 
-def cap_at_step(schedule: Sequence[Sequence[int]] | None, step: int, default: int) -> int:
-    """The cap in force: the last stage whose start step <= ``step``, else ``default``."""
-    cap = default
-    prev = -1
-    for i, stage in enumerate(schedule or ()):
-        start, value = int(stage[0]), int(stage[1])
-        if start < prev:
+def cap_at_step(
+    schedule: Sequence[Sequence[int]] | None, step: int, default: int, mode: str = "step"
+) -> int:
+    """The response cap in force at ``step``.
+
+    ``schedule`` is a list of (start_step, cap) stages. ``step`` mode: the last stage whose
+    start <= step (staged caps, DeepScaleR / ThinkPrune); ``linear`` mode: interpolate between
+    neighbouring stages (a ramp). Before the first stage, or with no schedule: ``default``.
+    """
+    stages = [(int(a), int(b)) for a, b in schedule or ()]
+    for i, (start, value) in enumerate(stages):
+        if i and start < stages[i - 1][0]:
             raise ValueError(f"length.schedule[{i}]: steps must be non-decreasing")
         if value <= 0:
             raise ValueError(f"length.schedule[{i}]: cap {value} must be positive")
-        prev = start
-        if start <= step:
-            cap = value
+    if mode not in ("step", "linear"):
+        raise ValueError(f"length.schedule_mode={mode}: allowed step, linear")
+    cap = default
+    for i, (start, value) in enumerate(stages):
+        if start > step:
+            break
+        cap = value
+        if mode == "linear" and i + 1 < len(stages) and stages[i + 1][0] > step:
+            nxt_start, nxt_cap = stages[i + 1]
+            cap = linear_ramp_cap(step, start, nxt_start, value, nxt_cap)
     return cap
 
 

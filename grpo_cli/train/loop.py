@@ -27,8 +27,9 @@ from grpo_cli.algo.losses import (
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.data.datasets import PromptSampler, PromptSet, build_prompts, load_rows
 from grpo_cli.models.load import eos_token_ids, load_causal_lm, load_tokenizer, resolve_model_path
-from grpo_cli.rewards.loader import load_reward_fn, score_batch
-from grpo_cli.rewards.shaping import cap_at_step, overlong_penalty
+from grpo_cli.rewards.combine import combine_rewards
+from grpo_cli.rewards.loader import RewardFn, load_reward_fn, score_batch
+from grpo_cli.rewards.shaping import cap_at_step
 from grpo_cli.rollout.base import Completion, RolloutRequest
 from grpo_cli.rollout.hf import HFRollout
 from grpo_cli.telemetry.length_metrics import length_histogram, step_length_metrics
@@ -183,6 +184,83 @@ def train(cfg: RunConfig, resolved: DictConfig, experiment_text: str | None = No
     return run.run_id
 
 
+@dataclass
+class Sampled:
+    """One rank's sampled, decoded and scored completions (grouped by prompt)."""
+
+    prompt_ids: list[int]  # dataset index of each completion's prompt
+    completions: list[Completion]
+    texts: list[str]
+    lengths: np.ndarray  # [N] int
+    truncated: np.ndarray  # [N] bool
+    rewards: np.ndarray  # [N] final reward (task reward + length terms)
+    correct: np.ndarray  # [N] float, NaN = unknown
+    components: dict[str, np.ndarray]
+
+
+def sample_and_score(
+    rollout: HFRollout, prompts: PromptSet, ids: list[int], cap: int, n: int, cfg: RunConfig,
+    reward_fn: RewardFn, tokenizer: Any, step: int,
+) -> Sampled:
+    """Sample ``n`` completions per prompt at ``cap``, decode them, and compute the reward."""
+    result = rollout.generate(RolloutRequest(
+        [prompts.prompt_ids[i] for i in ids], n=n, max_new_tokens=cap,
+        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+    ))
+    comps = result.completions
+    owner = [ids[c.prompt_index] for c in comps]
+    # Only EOS is stripped: tags such as <answer> may be special tokens the reward needs.
+    eos = set(rollout.eos_token_ids)
+    texts = tokenizer.batch_decode(
+        [[t for t in c.token_ids if t not in eos] for c in comps], skip_special_tokens=False
+    )
+    lengths = np.array([len(c.token_ids) for c in comps])
+    truncated = np.array([c.truncated for c in comps])
+    scores = score_batch(reward_fn, [
+        {**prompts.rows[i], "prompt": prompts.texts[i], "response": text,
+         "response_length": int(length), "ground_truth": prompts.rows[i][cfg.data.answer_key],
+         "truncated": bool(c.truncated)}
+        for i, c, text, length in zip(owner, comps, texts, lengths, strict=True)
+    ])
+    rewards, added = combine_rewards(scores, lengths, truncated, cap, n, step, cfg.reward,
+                                     cfg.length)
+    return Sampled(owner, comps, texts, lengths, truncated, rewards, scores.correct,
+                   {**scores.components, **added})
+
+
+def validation_metrics(
+    rollout: HFRollout, val: PromptSet, cap: int, cfg: RunConfig, reward_fn: RewardFn,
+    tokenizer: Any, step: int, d: eng.Dist,
+) -> dict[str, float]:
+    """The natural-length probe: the same held-out prompts every time, at a generous cap."""
+    per_rank = len(val.prompt_ids) // d.world
+    ids = list(range(d.rank * per_rank, (d.rank + 1) * per_rank))
+    torch.manual_seed(cfg.seed * 7_919 + d.rank)  # the same draws at every probe
+    s = sample_and_score(rollout, val, ids, cap, cfg.val.n, cfg, reward_fn, tokenizer, step)
+    cols = gather_columns({"length": s.lengths, "truncated": s.truncated,
+                           "reward": s.rewards, "correct": s.correct}, d)
+    groups = np.arange(len(cols["length"])) // cfg.val.n
+    m = step_length_metrics(cols["length"], cols["truncated"], cols["reward"], groups,
+                            cols["correct"], cap)
+    if not np.isnan(cols["correct"]).all():
+        m["accuracy"] = float(np.nanmean(cols["correct"]))
+    return {f"val/{k}": v for k, v in m.items()}
+
+
+def load_val_prompts(cfg: RunConfig, tokenizer: Any, d: eng.Dist) -> PromptSet | None:
+    if cfg.trainer.val_every <= 0:
+        return None
+    spec = cfg.data.val_files or cfg.data.train_files
+    if spec.startswith("toy:") and not cfg.data.val_files:
+        rows = load_rows(spec, cfg.data, seed=cfg.seed + 1_000_003)  # a stream training never sees
+    else:
+        rows = load_rows(spec, cfg.data, seed=cfg.seed, key="data.val_files")
+    k = max(d.world, cfg.val.num_prompts // d.world * d.world)
+    val = build_prompts(rows[: k * 2], cfg.data, tokenizer)  # spare rows for dropped prompts
+    val.prompt_ids, val.rows, val.texts = val.prompt_ids[:k], val.rows[:k], val.texts[:k]
+    return val
+
+
 def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
     t, r, a = cfg.trainer, cfg.rollout, cfg.algorithm
 
@@ -192,6 +270,7 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
     prompts: PromptSet = build_prompts(
         load_rows(cfg.data.train_files, cfg.data, seed=cfg.seed), cfg.data, tokenizer
     )
+    val_prompts = load_val_prompts(cfg, tokenizer, d)
     run.note(dropped_prompts=prompts.dropped, train_prompts=len(prompts.prompt_ids))
     sampler = PromptSampler(len(prompts.prompt_ids), cfg.seed, cfg.data.shuffle)
     ds_cfg = eng.ds_config(cfg, d.world)
@@ -213,47 +292,27 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
     reward_fn = load_reward_fn(cfg.reward.function, dict(cfg.reward.kwargs))
     schedule = [tuple(s) for s in cfg.length.schedule] if cfg.length.schedule else None
     hist_cap = max([cfg.data.max_response_length] + [int(c) for _, c in schedule or []])
+    val_cap = cfg.val.max_len or 4 * hist_cap
 
     # --- steps ------------------------------------------------------------------------------
     per_rank = t.prompts_per_step // d.world
     last_log_s = 0.0
     for step in run.progress(range(t.steps)):
         step_start = time.perf_counter()
-        cap = cap_at_step(schedule, step, cfg.data.max_response_length)
+        cap = cap_at_step(schedule, step, cfg.data.max_response_length, cfg.length.schedule_mode)
         global_ids = sampler.next(t.prompts_per_step)
         local_ids = global_ids[d.rank * per_rank : (d.rank + 1) * per_rank]
         torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + d.rank)
-        result = rollout.generate(RolloutRequest(
-            [prompts.prompt_ids[i] for i in local_ids], n=r.n, max_new_tokens=cap,
-            temperature=r.temperature, top_p=r.top_p,
-        ))
-        comps = result.completions
-        rows = [prompts.rows[local_ids[c.prompt_index]] for c in comps]
-        texts = tokenizer.batch_decode([c.token_ids for c in comps], skip_special_tokens=True)
-        lengths = np.array([len(c.token_ids) for c in comps])
-        truncated = np.array([c.truncated for c in comps])
+        s = sample_and_score(rollout, prompts, local_ids, cap, r.n, cfg, reward_fn, tokenizer,
+                             step)
 
-        # --- rewards and advantages (a prompt's group lives on one rank) ---------------
-        scores = score_batch(reward_fn, [
-            {**row, "prompt": prompts.texts[local_ids[c.prompt_index]], "response": text,
-             "response_length": int(length), "ground_truth": row[cfg.data.answer_key],
-             "truncated": bool(c.truncated)}
-            for row, c, text, length in zip(rows, comps, texts, lengths, strict=True)
-        ])
-        rewards = scores.overall.copy()
-        if cfg.length.overlong_buffer > 0:
-            penalty = overlong_penalty(torch.tensor(lengths, dtype=torch.float32), cap,
-                                       cfg.length.overlong_buffer,
-                                       cfg.length.overlong_penalty_factor).numpy()
-            scores.components["overlong_penalty"] = penalty
-            rewards = rewards + penalty
-        reward_t = torch.tensor(rewards, dtype=torch.float32)
-        advantages = group_advantages(reward_t, r.n, a.norm_adv_by_std, a.adv_eps)
-        batch = make_batch([prompts.prompt_ids[local_ids[c.prompt_index]] for c in comps],
-                           comps, advantages, tokenizer.pad_token_id, a.mask_truncated)
+        # --- advantages (a prompt's group lives on one rank) and the update --------------
+        valid = torch.as_tensor(~s.truncated) if a.mask_truncated_in_adv else None
+        advantages = group_advantages(torch.tensor(s.rewards, dtype=torch.float32), r.n,
+                                      a.norm_adv_by_std, a.adv_eps, valid=valid)
+        batch = make_batch([prompts.prompt_ids[i] for i in s.prompt_ids], s.completions,
+                           advantages, tokenizer.pad_token_id, a.mask_truncated)
         rollout_s = time.perf_counter() - step_start
-
-        # --- update -------------------------------------------------------------------------
         train_start = time.perf_counter()
         ref_logp = None
         if reference is not None:
@@ -264,22 +323,22 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
         # --- telemetry over the whole global batch ---------------------------------------
         telemetry_start = time.perf_counter()
         cols = gather_columns({
-            "step": np.full(len(comps), step, dtype=np.int32),
-            "prompt_id": np.array([local_ids[c.prompt_index] for c in comps], dtype=np.int64),
-            "sample": np.array([c.sample for c in comps], dtype=np.int16),
-            "response_length": lengths.astype(np.int32),
-            "truncated": truncated,
-            "reward": rewards.astype(np.float32),
-            "correct": scores.correct.astype(np.float32),
+            "step": np.full(len(s.lengths), step, dtype=np.int32),
+            "prompt_id": np.array(s.prompt_ids, dtype=np.int64),
+            "sample": np.array([c.sample for c in s.completions], dtype=np.int16),
+            "response_length": s.lengths.astype(np.int32),
+            "truncated": s.truncated,
+            "reward": s.rewards.astype(np.float32),
+            "correct": s.correct.astype(np.float32),
             "advantage": advantages.numpy().astype(np.float32),
-            **{k: v.astype(np.float32) for k, v in scores.components.items()},
+            **{k: v.astype(np.float32) for k, v in s.components.items()},
         }, d)
         group_ids = np.arange(len(cols["step"])) // r.n  # every rank's groups are contiguous
         metrics = step_length_metrics(
             cols["response_length"], cols["truncated"], cols["reward"], group_ids,
             cols["correct"], cap,
         )
-        metrics.update({f"reward/{k}_mean": float(np.nanmean(cols[k])) for k in scores.components})
+        metrics.update({f"reward/{k}_mean": float(np.nanmean(cols[k])) for k in s.components})
         metrics.update(train_stats)
         step_s = time.perf_counter() - step_start
         metrics.update({
@@ -289,14 +348,17 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
             # gather + metrics of this step, plus the sinks' write time of the previous one
             "perf/telemetry_s": time.perf_counter() - telemetry_start + last_log_s,
         })
+        if val_prompts is not None and step % t.val_every == 0:
+            metrics.update(validation_metrics(rollout, val_prompts, val_cap, cfg, reward_fn,
+                                              tokenizer, step, d))
         samples = None
         if cfg.logger.sample_every > 0 and step % cfg.logger.sample_every == 0:
             samples = [
-                {"step": step, "prompt": prompts.texts[local_ids[c.prompt_index]],
-                 "completion": text, "length": int(c_len), "truncated": bool(c.truncated),
-                 "reward": float(rw)}
-                for c, text, c_len, rw in list(zip(comps, texts, lengths, rewards,
-                                                   strict=True))[: cfg.logger.samples_per_step]
+                {"step": step, "prompt": prompts.texts[i], "completion": text,
+                 "length": int(n_tok), "truncated": bool(tr), "reward": float(rw)}
+                for i, text, n_tok, tr, rw in list(zip(s.prompt_ids, s.texts, s.lengths,
+                                                       s.truncated, s.rewards, strict=True))
+                [: cfg.logger.samples_per_step]
             ]
         log_start = time.perf_counter()
         hist = length_histogram(cols["response_length"], hist_cap)

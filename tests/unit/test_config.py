@@ -82,3 +82,17 @@ def test_prompts_must_split_across_ranks() -> None:
     validate(cfg, world=2)
     with pytest.raises(ConfigError, match="not divisible by the 3 ranks"):
         validate(cfg, world=3)
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["length=overlong", "length.overlong_buffer=100"], "length.overlong_buffer=100"),
+        (["length.penalty=exp"], "length.penalty=exp"),
+        (["length.schedule_mode=cubic"], "length.schedule_mode=cubic"),
+        (["trainer.val_every=5", "val.max_len=4000"], "val.max_len=4000"),
+    ],
+)
+def test_bad_length_controls(args: list[str], pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_run_config(args)

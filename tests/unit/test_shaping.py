@@ -64,6 +64,15 @@ def test_cap_schedule_stages() -> None:
         cap_at_step([(0, 0)], 0, 4)
 
 
+def test_linear_schedule_mode_interpolates_between_stages() -> None:
+    sched = [(0, 100), (10, 200), (20, 200)]
+    caps = [cap_at_step(sched, s, 50, mode="linear") for s in (0, 5, 10, 15, 30)]
+    assert caps == [100, 150, 200, 200, 200]
+    assert cap_at_step([(4, 10), (8, 20)], 2, 7, mode="linear") == 7
+    with pytest.raises(ValueError, match="schedule_mode"):
+        cap_at_step(sched, 0, 1, mode="cubic")
+
+
 def test_linear_ramp() -> None:
     caps = [linear_ramp_cap(s, 10, 20, 100, 200) for s in (0, 10, 15, 20, 30)]
     assert caps == [100, 100, 150, 200, 200]
