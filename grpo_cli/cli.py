@@ -76,6 +76,13 @@ def _guard(fn: Callable[[], T], debug: bool) -> T:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
+    except Exception as e:
+        from grpo_cli.train.loop import Terminated
+
+        if not isinstance(e, Terminated):
+            raise
+        typer.echo("terminated (SIGTERM)", err=True)
+        raise typer.Exit(143) from None
 
 
 @app.command(context_settings=EXTRA, help=RUN_HELP)

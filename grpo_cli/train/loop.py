@@ -8,6 +8,8 @@ global batch -> length telemetry to the run store and W&B.
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -172,16 +174,30 @@ def train(cfg: RunConfig, resolved: DictConfig, experiment_text: str | None = No
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed)
     run: RunHandle = open_run(cfg, resolved, d, experiment_text)
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM (SLURM preemption, kill) ends the run like Ctrl-C; handlers need the main thread.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         _train(cfg, d, run)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         run.close("interrupted")
         raise
     except BaseException:
         run.close("failed")
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     run.close("completed")
     return run.run_id
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: the run stops like on Ctrl-C and is marked interrupted."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(f"signal {signum}")
 
 
 @dataclass

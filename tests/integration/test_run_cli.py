@@ -112,3 +112,26 @@ def test_two_cpu_ranks_with_torchrun(runs_dir: Path, zero_stage: int) -> None:
     rollouts = read_rollouts(run)
     assert len(rollouts) == steps * prompts * n  # both ranks' completions, once each
     assert os.path.isdir(run / "wandb")
+
+
+def test_sigterm_marks_the_run_interrupted(runs_dir: Path) -> None:
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "grpo_cli", "run", *TINY, "trainer.steps=500", "max_len=16",
+           "logger.wandb.mode=disabled"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(runs_dir), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        lines = list(runs_dir.glob("*/metrics.jsonl"))
+        if lines and lines[0].read_text().count("\n") >= 2:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    (run,) = [p for p in runs_dir.iterdir() if p.is_dir()]
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and "end_time" in meta
+    assert 2 <= len(read_metrics(run)) < 500
