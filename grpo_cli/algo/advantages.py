@@ -8,10 +8,22 @@ from __future__ import annotations
 import torch
 
 
-def _grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
-    if group_size < 1 or x.numel() % group_size != 0:
-        raise ValueError(f"batch of {x.numel()} is not a whole number of groups of {group_size}")
+def _grouped(x: torch.Tensor, group_size: int, name: str = "rewards") -> torch.Tensor:
+    """[B] -> [B/G, G], with a clear error when the batch is not whole groups."""
+    if group_size < 1:
+        raise ValueError(f"group_size={group_size}: must be >= 1 (rollout.n)")
+    if x.dim() != 1:
+        raise ValueError(f"{name} must be 1-D [B], got shape {tuple(x.shape)}")
+    if x.numel() % group_size != 0:
+        raise ValueError(
+            f"batch of {x.numel()} {name} is not a whole number of groups of {group_size}"
+        )
     return x.reshape(-1, group_size)  # [num_groups, G]
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """Keep float32/float64 as they are; anything else (ints, bools, bf16) to float32."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def group_advantages(
@@ -23,29 +35,46 @@ def group_advantages(
 ) -> torch.Tensor:  # [B]
     """GRPO: (R - mean) / (std + eps); Dr. GRPO (``norm_by_std=False``): R - mean.
 
-    The std is unbiased (Bessel-corrected), as in TRL and veRL. Dr. GRPO drops it because
-    dividing by a small std up-weights groups that are almost all right or all wrong. A group
-    with constant reward (or a single valid member) gets zero advantage: no gradient.
-    Invalid rows get advantage 0.
+    The std is the unbiased (Bessel-corrected, n-1) one, as in TRL (``torch.std``) and veRL.
+    Dr. GRPO (Liu et al. 2025) drops it because dividing by a small std up-weights groups that
+    are almost all right or all wrong.
+
+    ``valid=False`` rows (e.g. truncated completions that must not count) are left out of their
+    group's mean and std and get advantage 0. A group whose valid rewards are all equal, or that
+    has fewer than two valid members, gets exactly 0: it carries no learning signal. Constancy is
+    tested exactly (max == min), so float round-off in the mean cannot turn a constant group into
+    spurious +-1 advantages when ``eps`` is small.
     """
-    r = _grouped(rewards.float(), group_size)  # [g, G]
-    v = torch.ones_like(r, dtype=torch.bool) if valid is None else _grouped(valid, group_size)
-    vf = v.float()
+    r = _grouped(_as_float(rewards), group_size)  # [g, G]
+    if valid is None:
+        v = torch.ones_like(r, dtype=torch.bool)  # [g, G]
+    else:
+        if valid.shape != rewards.shape:
+            raise ValueError(
+                f"valid has shape {tuple(valid.shape)}, rewards {tuple(rewards.shape)}"
+            )
+        v = _grouped(valid.to(device=r.device, dtype=torch.bool), group_size, "valid")
+    vf = v.to(r.dtype)  # [g, G]
     count = vf.sum(dim=1, keepdim=True)  # [g, 1]
-    mean = (r * vf).sum(dim=1, keepdim=True) / count.clamp(min=1)
-    centred = (r - mean) * vf
+    mean = (r * vf).sum(dim=1, keepdim=True) / count.clamp(min=1)  # [g, 1]
+    centred = torch.where(v, r - mean, torch.zeros_like(r))  # [g, G]
+    hi = torch.where(v, r, torch.full_like(r, -torch.inf)).amax(dim=1, keepdim=True)  # [g, 1]
+    lo = torch.where(v, r, torch.full_like(r, torch.inf)).amin(dim=1, keepdim=True)  # [g, 1]
+    informative = (count > 1) & (hi > lo)  # [g, 1]
     if norm_by_std:
-        std = ((centred**2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
-        # A constant group is all zeros already; skipping the division keeps eps=0 NaN-free.
-        centred = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))
-    centred = torch.where(count > 1, centred, torch.zeros_like(centred))
-    return centred.reshape(-1)
+        var = (centred**2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)  # [g, 1]
+        centred = centred / (var.sqrt() + eps)
+    return torch.where(informative, centred, torch.zeros_like(centred)).reshape(-1)  # [B]
 
 
 def zero_std_group_fraction(rewards: torch.Tensor, group_size: int) -> float:
-    """Share of groups whose rewards are all equal (TRL's ``frac_reward_zero_std``)."""
-    r = _grouped(rewards.float(), group_size)
+    """Share of groups whose rewards are all equal (TRL's ``frac_reward_zero_std``).
+
+    Such groups get zero advantage and so add no gradient; a rising share means the batch is
+    going to waste (what DAPO's dynamic sampling filters out). An empty batch gives 0.0.
+    """
+    r = _grouped(_as_float(rewards), group_size)  # [g, G]
     if r.shape[0] == 0:
         return 0.0
-    flat = (r.max(dim=1).values - r.min(dim=1).values) == 0
+    flat = r.amax(dim=1) == r.amin(dim=1)  # [g]
     return float(flat.float().mean())

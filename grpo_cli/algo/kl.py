@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import torch
 
+# exp(20) ~ 4.9e8: large enough to never bind in a healthy run, small enough not to overflow.
+_LOG_RATIO_CLAMP = 20.0
+
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Schulman's low-variance k3 estimator, elementwise: exp(d) - d - 1, d = ref - logp.
+    """Schulman's low-variance k3 estimator of KL(pi || ref), elementwise: exp(d) - d - 1.
 
-    Non-negative and zero when the policies agree. The log-ratio is clamped to [-20, 20] so a
-    token the reference finds impossible cannot overflow exp (as veRL's low_var_kl does).
+    d = ref_logprobs - logprobs. Unbiased for KL(pi || ref) on tokens sampled from pi, always
+    >= 0, and exactly 0 where the two agree (what GRPO, TRL and veRL's ``low_var_kl`` use).
+    The log-ratio d is clamped to [-20, 20] so a token the reference finds (almost)
+    impossible cannot overflow exp; the result stays >= 0 because exp(d) - d - 1 >= 0 for
+    every d. Any shape; the two inputs broadcast.
     """
-    d = (ref_logprobs - logprobs).clamp(-20.0, 20.0)
+    d = (ref_logprobs - logprobs).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
     return torch.exp(d) - d - 1.0

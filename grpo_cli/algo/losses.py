@@ -3,7 +3,8 @@
 Loss aggregation is expressed as per-token *weights* so that a mode keeps its meaning under
 gradient accumulation and several ranks: the caller passes the global sequence and token
 counts, and the sum of ``weights * token_loss`` over all micro-batches and ranks equals the
-loss of the whole batch.
+loss of the whole batch. The aggregation mode is where GRPO's length bias lives (Dr. GRPO,
+Liu et al. 2025): see the table in LITERATURE.md.
 """
 
 from __future__ import annotations
@@ -12,10 +13,31 @@ import torch
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
+# exp() of a log-ratio beyond this overflows nothing useful; veRL clamps at the same value.
+_LOG_RATIO_CLAMP = 20.0
+
 
 def _check_mode(mode: str) -> None:
     if mode not in LOSS_AGG_MODES:
         raise ValueError(f"loss_agg_mode={mode!r}: allowed values are {', '.join(LOSS_AGG_MODES)}")
+
+
+def _check_norm_constant(mode: str, norm_constant: float | None) -> float:
+    if mode != "seq-mean-token-sum-norm":
+        return 1.0
+    if norm_constant is None or not norm_constant > 0:
+        raise ValueError(
+            f"loss_agg_mode=seq-mean-token-sum-norm needs a positive norm_constant C "
+            f"(algorithm.loss_norm_constant, e.g. the response cap), got {norm_constant!r}"
+        )
+    return float(norm_constant)
+
+
+def _float_mask(mask: torch.Tensor) -> torch.Tensor:
+    """0/1 mask as float32 (or float64 if given so): bf16 would round 1/|o| visibly."""
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be [B, T], got shape {tuple(mask.shape)}")
+    return mask if mask.dtype in (torch.float32, torch.float64) else mask.float()
 
 
 def token_loss_weights(
@@ -27,18 +49,22 @@ def token_loss_weights(
 ) -> torch.Tensor:  # [B, T]
     """Weights w with aggregated loss = (w * token_loss).sum().
 
-    - ``seq-mean-token-mean`` (GRPO): m_it / |o_i| / num_seqs. Each token of a sequence weighs
-      1/|o_i|: the length bias Dr. GRPO points out.
-    - ``token-mean`` (DAPO): m_it / num_tokens. Every token weighs the same.
+    - ``seq-mean-token-mean`` (original GRPO): m_it / |o_i| / num_seqs. Each token of a
+      sequence weighs 1/|o_i|: the length bias Dr. GRPO points out.
+    - ``token-mean`` (DAPO): m_it / num_tokens. Every token in the batch weighs the same.
     - ``seq-mean-token-sum-norm`` (Dr. GRPO): m_it / (num_seqs * C), C a constant (the cap).
 
     ``num_seqs`` counts rows with at least one unmasked token and ``num_tokens`` sums the mask;
-    pass global values when ``mask`` is a micro-batch. Fully masked rows (e.g. truncated
-    completions under overlong filtering) get weight 0 and are not counted (TRL #6369).
+    pass the global values when ``mask`` is one micro-batch (or one rank's share) of the batch,
+    otherwise they are computed from ``mask``. Fully masked rows (e.g. truncated completions
+    under overlong filtering) get weight 0 and are not counted (TRL #6369 counted them). No
+    tokens at all gives all-zero weights, never NaN. Note that 0 * inf is NaN: masked positions
+    of ``token_loss`` must be finite (or use :func:`aggregate_loss`).
     """
     _check_mode(mode)
-    m = mask.float()
-    row_tokens = m.sum(dim=1, keepdim=True)  # [B, 1]
+    c = _check_norm_constant(mode, norm_constant)
+    m = _float_mask(mask)  # [B, T]
+    row_tokens = m.sum(dim=1, keepdim=True)  # [B, 1] = |o_i| (0 for masked rows)
     seqs = float((row_tokens > 0).sum()) if num_seqs is None else float(num_seqs)
     tokens = float(m.sum()) if num_tokens is None else float(num_tokens)
     if mode == "token-mean":
@@ -46,10 +72,8 @@ def token_loss_weights(
     if seqs <= 0:
         return torch.zeros_like(m)
     if mode == "seq-mean-token-mean":
-        return m / row_tokens.clamp(min=1) / seqs
-    if norm_constant is None or norm_constant <= 0:
-        raise ValueError("seq-mean-token-sum-norm needs a positive norm_constant (e.g. the cap)")
-    return m / (seqs * float(norm_constant))
+        return m / row_tokens.clamp(min=1) / seqs  # masked rows: 0 / 1
+    return m / (seqs * c)
 
 
 def aggregate_loss(
@@ -58,21 +82,27 @@ def aggregate_loss(
     mode: str,
     norm_constant: float | None = None,
 ) -> torch.Tensor:  # []
-    """The direct formulas of LITERATURE.md (reference for :func:`token_loss_weights`)."""
+    """The direct formulas of LITERATURE.md on one whole batch.
+
+    The reference :func:`token_loss_weights` is tested against. Masked positions are ignored
+    even when they hold inf/NaN; fully masked rows leave every denominator; an empty batch
+    gives 0 (still attached to the graph).
+    """
     _check_mode(mode)
-    m = mask.float()
+    c = _check_norm_constant(mode, norm_constant)
+    m = _float_mask(mask)  # [B, T]
+    if token_loss.shape != m.shape:
+        raise ValueError(f"token_loss {tuple(token_loss.shape)} and mask {tuple(m.shape)} differ")
+    kept = torch.where(m > 0, token_loss * m, torch.zeros_like(token_loss))  # [B, T]
     row_tokens = m.sum(dim=1)  # [B]
-    present = row_tokens > 0
-    if mode == "token-mean":
-        return (token_loss * m).sum() / m.sum().clamp(min=1)
+    present = row_tokens > 0  # [B]
     if not present.any():
-        return (token_loss * m).sum()
+        return kept.sum()  # 0
+    if mode == "token-mean":
+        return kept.sum() / m.sum()
     if mode == "seq-mean-token-mean":
-        per_seq = (token_loss * m).sum(dim=1)[present] / row_tokens[present]
-        return per_seq.mean()
-    if norm_constant is None or norm_constant <= 0:
-        raise ValueError("seq-mean-token-sum-norm needs a positive norm_constant (e.g. the cap)")
-    return (token_loss * m).sum() / (present.sum() * norm_constant)
+        return (kept.sum(dim=1)[present] / row_tokens[present]).mean()
+    return kept.sum() / (present.sum() * c)
 
 
 def policy_gradient_loss(
@@ -82,32 +112,70 @@ def policy_gradient_loss(
     clip_low: float,
     clip_high: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # ([B, T] loss, [B, T] bool clipped)
-    """PPO clipped surrogate, -min(r A, clip(r, 1-eps_low, 1+eps_high) A), per token.
+    """PPO clipped surrogate, l = -min(r A, clip(r, 1-eps_low, 1+eps_high) A), per token.
 
-    Separate low/high ratios give DAPO's clip-higher (0.2 / 0.28).
+    Separate low/high ratios give DAPO's clip-higher (0.2 / 0.28). ``clipped`` marks tokens
+    where the clipped branch won (so they get no gradient), as veRL's ``pg_clipfrac``. The
+    log-ratio is clamped to [-20, 20] before exp, as veRL does, so a stale token cannot
+    overflow; inside that range (ratios 2e-9 .. 5e8) nothing changes.
     """
-    ratio = torch.exp(logprobs - old_logprobs)
-    adv = advantages[:, None]  # [B, 1]
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
-    loss = -torch.minimum(unclipped, clipped)
-    was_clipped = clipped < unclipped  # the clipped branch was the minimum
+    if logprobs.shape != old_logprobs.shape or logprobs.dim() != 2:
+        raise ValueError(
+            f"logprobs {tuple(logprobs.shape)} and old_logprobs {tuple(old_logprobs.shape)} "
+            "must both be [B, T]"
+        )
+    if advantages.shape != logprobs.shape[:1]:
+        raise ValueError(f"advantages {tuple(advantages.shape)} must be [B={logprobs.shape[0]}]")
+    log_ratio = (logprobs - old_logprobs).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)  # [B, T]
+    ratio = torch.exp(log_ratio)  # [B, T]
+    adv = advantages.to(ratio.dtype)[:, None]  # [B, 1]
+    unclipped = ratio * adv  # [B, T]
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv  # [B, T]
+    loss = -torch.minimum(unclipped, clipped)  # [B, T]
+    was_clipped = clipped < unclipped  # [B, T] the clipped (constant) branch is the minimum
     return loss, was_clipped
+
+
+def _scaled_float(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 logits / temperature with at most one new [B, T, V] tensor.
+
+    Low-precision logits are upcast (bf16 log-probs are visibly wrong); the division then
+    happens in place on that fresh copy. float32 input is never modified.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature}: must be > 0")
+    x = logits.float()  # [B, T, V]; the same tensor when already float32
+    if temperature == 1.0:
+        return x
+    if x.data_ptr() == logits.data_ptr():
+        return x / temperature
+    return x.div_(temperature)
 
 
 def gather_token_logprobs(
     logits: torch.Tensor,  # [B, T, V]
     tokens: torch.Tensor,  # [B, T]
     temperature: float = 1.0,
-) -> torch.Tensor:  # [B, T]
-    """log softmax(logits / T) at ``tokens``: logsumexp avoids a second [B, T, V] copy."""
-    scaled = logits.float() / temperature if temperature != 1.0 else logits.float()
-    picked = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(scaled, dim=-1)
+) -> torch.Tensor:  # [B, T] float32
+    """log softmax(logits / T) at ``tokens``, computed as x_tok - logsumexp(x).
+
+    Dividing by the sampling temperature makes these the log-probs of the distribution that
+    generated the tokens (as vLLM/veRL do). logsumexp avoids keeping a full log-softmax
+    [B, T, V] tensor next to the scaled logits.
+    """
+    x = _scaled_float(logits, temperature)  # [B, T, V]
+    picked = x.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1)  # [B, T]
+    return picked - torch.logsumexp(x, dim=-1)  # [B, T]
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:  # [B, T]
-    """Entropy of the sampling distribution softmax(logits / T) at each position."""
-    scaled = logits.float() / temperature
-    logp = torch.log_softmax(scaled, dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
+    """Entropy of softmax(logits / T) at each position: logsumexp(x) - sum_v p_v x_v.
+
+    The policy-entropy metric (entropy collapse is what DAPO's clip-higher fights). Logits are
+    assumed finite. Without autograd the product is taken in place to save a [B, T, V] copy.
+    """
+    x = _scaled_float(logits, temperature)  # [B, T, V]
+    p = torch.softmax(x, dim=-1)  # [B, T, V]
+    needs_graph = torch.is_grad_enabled() and x.requires_grad
+    expected = (p * x if needs_graph else p.mul_(x)).sum(dim=-1)  # [B, T]
+    return torch.logsumexp(x, dim=-1) - expected

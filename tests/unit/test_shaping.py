@@ -1,4 +1,4 @@
-"""Length shaping terms and cap schedules at their boundaries."""
+"""Length shaping terms and cap schedules at their boundaries (hand-computed values)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,42 @@ from grpo_cli.rewards.shaping import (
     overlong_penalty,
 )
 
+# --- DAPO soft overlong punishment ----------------------------------------------------------
+
 
 def test_overlong_penalty_boundaries() -> None:
-    # L = 20, B = 4: zero up to 16, linear to -1 at 20, -1 beyond.
-    lengths = torch.tensor([0, 16, 17, 18, 20, 21])
+    # L = 20, B = 4: zero up to 16 (= L - B, inclusive), linear to -1 at 20 (= L), -1 beyond.
+    lengths = torch.tensor([0, 15, 16, 17, 18, 19, 20, 21, 1000])
     out = overlong_penalty(lengths, max_len=20, buffer=4, factor=1.0)
-    torch.testing.assert_close(out, torch.tensor([0.0, 0.0, -0.25, -0.5, -1.0, -1.0]))
-    scaled = overlong_penalty(torch.tensor([18, 25]), 20, 4, factor=0.5)
-    torch.testing.assert_close(scaled, torch.tensor([-0.25, -0.5]))
+    expected = torch.tensor([0.0, 0.0, 0.0, -0.25, -0.5, -0.75, -1.0, -1.0, -1.0])
+    torch.testing.assert_close(out, expected)
+
+
+def test_overlong_penalty_factor_and_float_lengths() -> None:
+    scaled = overlong_penalty(torch.tensor([16, 18, 20, 25]), 20, 4, factor=0.5)
+    torch.testing.assert_close(scaled, torch.tensor([0.0, -0.25, -0.5, -0.5]))
+    # just inside the ramp, and just past the cap (flat -1, not the ramp's -1.125)
+    frac = overlong_penalty(torch.tensor([16.5, 20.5]), 20, 4)
+    torch.testing.assert_close(frac, torch.tensor([-0.125, -1.0]))
+
+
+def test_overlong_penalty_buffer_equal_to_cap() -> None:
+    # B = L = 10: the ramp starts at 0 tokens.
+    out = overlong_penalty(torch.tensor([0, 5, 10, 11]), 10, 10)
+    torch.testing.assert_close(out, torch.tensor([0.0, -0.5, -1.0, -1.0]))
+
+
+@pytest.mark.parametrize("buffer", [0, -1, 21])
+def test_overlong_penalty_rejects_bad_buffers(buffer: int) -> None:
     with pytest.raises(ValueError, match="overlong_buffer"):
-        overlong_penalty(lengths, 20, 0)
+        overlong_penalty(torch.tensor([1]), 20, buffer)
+
+
+def test_overlong_penalty_empty_batch() -> None:
+    assert overlong_penalty(torch.zeros(0), 20, 4).shape == (0,)
+
+
+# --- cosine length scaling (Yeo et al.) -----------------------------------------------------
 
 
 def test_cosine_reward_end_points() -> None:
@@ -34,8 +60,40 @@ def test_cosine_reward_end_points() -> None:
     truncated = torch.tensor([False, False, False, False, True])
     out = cosine_length_reward(lengths, correct, truncated, max_len=100)
     torch.testing.assert_close(out, torch.tensor([2.0, 1.0, -10.0, 0.0, -10.0]))
-    mid = cosine_length_reward(torch.tensor([50]), torch.tensor([True]), torch.tensor([False]), 100)
-    assert mid.item() == pytest.approx(1.5)
+
+
+def test_cosine_reward_interior_points() -> None:
+    # t = L/2: cos(pi/2) = 0 -> the midpoint of a and b
+    half = cosine_length_reward(torch.tensor([50, 50]), torch.tensor([True, False]),
+                                torch.zeros(2, dtype=torch.bool), max_len=100)
+    torch.testing.assert_close(half, torch.tensor([1.5, -5.0]))
+    # t = L/3 (40 of 120): cos(pi/3) = 1/2 -> b + 3/4 (a - b): 1 + 0.75, 0 - 7.5
+    third = cosine_length_reward(torch.tensor([40, 40]), torch.tensor([True, False]),
+                                 torch.zeros(2, dtype=torch.bool), max_len=120)
+    torch.testing.assert_close(third, torch.tensor([1.75, -7.5]))
+
+
+def test_cosine_reward_truncation_and_past_the_cap() -> None:
+    # truncated wins over correctness; a non-truncated length past L reads as L
+    out = cosine_length_reward(torch.tensor([10, 130]), torch.tensor([True, True]),
+                               torch.tensor([True, False]), max_len=100, r_exceed=-3.0)
+    torch.testing.assert_close(out, torch.tensor([-3.0, 1.0]))
+    custom = cosine_length_reward(torch.tensor([0]), torch.tensor([True]),
+                                  torch.tensor([False]), 100, r0_correct=5.0, rL_correct=4.0)
+    assert custom.item() == pytest.approx(5.0)
+
+
+def test_cosine_reward_correct_short_beats_long_and_wrong_long_beats_short() -> None:
+    lengths = torch.arange(0, 101, 10)
+    n = len(lengths)
+    right = cosine_length_reward(lengths, torch.ones(n, dtype=torch.bool),
+                                 torch.zeros(n, dtype=torch.bool), 100)
+    wrong = cosine_length_reward(lengths, torch.zeros(n, dtype=torch.bool),
+                                 torch.zeros(n, dtype=torch.bool), 100)
+    assert bool((right[1:] < right[:-1]).all()) and bool((wrong[1:] > wrong[:-1]).all())
+
+
+# --- Kimi k1.5 group length reward --------------------------------------------------------
 
 
 def test_kimi_group_reward() -> None:
@@ -44,36 +102,94 @@ def test_kimi_group_reward() -> None:
     out = kimi_length_reward(lengths, correct, group_size=3)
     # group 0: lambda = 0.5, 0.0, -0.5; wrong row keeps min(0, 0) = 0; group 1 all equal: 0.
     torch.testing.assert_close(out, torch.tensor([0.5, 0.0, -0.5, 0.0, 0.0, 0.0]))
-    wrong_short = kimi_length_reward(torch.tensor([10, 30]), torch.tensor([False, True]), 2)
-    torch.testing.assert_close(wrong_short, torch.tensor([0.0, -0.5]))
+
+
+def test_kimi_wrong_answers_are_never_rewarded_for_being_short() -> None:
+    out = kimi_length_reward(torch.tensor([10, 30, 10, 30]),
+                             torch.tensor([False, True, True, False]), 2)
+    # group 0: wrong short min(0, 0.5) = 0, correct long -0.5; group 1: 0.5, wrong long -0.5
+    torch.testing.assert_close(out, torch.tensor([0.0, -0.5, 0.5, -0.5]))
+
+
+def test_kimi_quarter_points_and_groups_are_independent() -> None:
+    lengths = torch.tensor([0, 25, 75, 100, 7, 9])
+    out = kimi_length_reward(lengths, torch.ones(6, dtype=torch.bool), 2)
+    # pairs: (0, 25) -> 0.5, -0.5; (75, 100) -> 0.5, -0.5; (7, 9) -> 0.5, -0.5
+    torch.testing.assert_close(out, torch.tensor([0.5, -0.5, 0.5, -0.5, 0.5, -0.5]))
+    out4 = kimi_length_reward(lengths[:4], torch.ones(4, dtype=torch.bool), 4)
+    torch.testing.assert_close(out4, torch.tensor([0.5, 0.25, -0.25, -0.5]))
+
+
+def test_kimi_all_equal_empty_and_bad_groups() -> None:
+    same = kimi_length_reward(torch.tensor([7, 7, 7]), torch.tensor([True, False, True]), 3)
+    assert torch.equal(same, torch.zeros(3))
+    assert kimi_length_reward(torch.zeros(0), torch.zeros(0, dtype=torch.bool), 4).shape == (0,)
+    with pytest.raises(ValueError, match="groups of 4"):
+        kimi_length_reward(torch.zeros(6), torch.zeros(6, dtype=torch.bool), 4)
+    with pytest.raises(ValueError, match="groups of 0"):
+        kimi_length_reward(torch.zeros(6), torch.zeros(6, dtype=torch.bool), 0)
+
+
+# --- linear penalty -----------------------------------------------------------------------
 
 
 def test_linear_penalty() -> None:
-    torch.testing.assert_close(linear_length_penalty(torch.tensor([0, 50, 100]), 100),
-                               torch.tensor([0.0, -0.5, -1.0]))
+    torch.testing.assert_close(linear_length_penalty(torch.tensor([0, 50, 100, 150]), 100),
+                               torch.tensor([0.0, -0.5, -1.0, -1.5]))
+    with pytest.raises(ValueError, match="max_len"):
+        linear_length_penalty(torch.tensor([1]), 0)
+
+
+# --- cap schedules ------------------------------------------------------------------------
 
 
 def test_cap_schedule_stages() -> None:
     sched = [(0, 8), (10, 16), (20, 24)]
     assert [cap_at_step(sched, s, 4) for s in (0, 9, 10, 19, 20, 100)] == [8, 8, 16, 16, 24, 24]
     assert cap_at_step([(5, 64)], 2, 32) == 32  # before the first stage: the default
+    assert cap_at_step([(5, 64)], 5, 32) == 64  # at the first stage's start: the stage
     assert cap_at_step(None, 3, 32) == 32
-    with pytest.raises(ValueError, match="non-decreasing"):
+    assert cap_at_step([], 3, 32) == 32
+
+
+def test_deepscaler_schedule_and_equal_starts() -> None:
+    ds = [[0, 8192], [1040, 16384], [1520, 24576]]
+    assert [cap_at_step(ds, s, 1) for s in (1039, 1040, 1519, 1520)] == [8192, 16384, 16384,
+                                                                          24576]
+    assert cap_at_step([(3, 10), (3, 20)], 3, 5) == 20  # the later stage with the same start
+
+
+def test_cap_schedule_validation_names_the_key() -> None:
+    with pytest.raises(ValueError, match=r"length\.schedule.*non-decreasing"):
         cap_at_step([(10, 8), (5, 16)], 0, 4)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"length\.schedule.*positive"):
         cap_at_step([(0, 0)], 0, 4)
+    with pytest.raises(ValueError, match=r"length\.schedule\[1\].*expected \[step, max_len\]"):
+        cap_at_step([(0, 8), (1, 2, 3)], 0, 4)
+    with pytest.raises(ValueError, match="schedule_mode"):
+        cap_at_step([(0, 8)], 0, 1, mode="cubic")
 
 
 def test_linear_schedule_mode_interpolates_between_stages() -> None:
     sched = [(0, 100), (10, 200), (20, 200)]
     caps = [cap_at_step(sched, s, 50, mode="linear") for s in (0, 5, 10, 15, 30)]
     assert caps == [100, 150, 200, 200, 200]
-    assert cap_at_step([(4, 10), (8, 20)], 2, 7, mode="linear") == 7
-    with pytest.raises(ValueError, match="schedule_mode"):
-        cap_at_step(sched, 0, 1, mode="cubic")
+    assert cap_at_step([(4, 10), (8, 20)], 2, 7, mode="linear") == 7  # before: the default
+    # tightening (ThinkPrune direction)
+    assert cap_at_step([(0, 400), (4, 100)], 1, 1, mode="linear") == 325
 
 
 def test_linear_ramp() -> None:
     caps = [linear_ramp_cap(s, 10, 20, 100, 200) for s in (0, 10, 15, 20, 30)]
     assert caps == [100, 100, 150, 200, 200]
-    assert math.isclose(linear_ramp_cap(5, 5, 5, 1, 2), 2)
+    assert linear_ramp_cap(13, 10, 20, 100, 200) == 130
+    assert linear_ramp_cap(5, 5, 5, 1, 2) == 2 and linear_ramp_cap(4, 5, 5, 1, 2) == 1
+    assert isinstance(linear_ramp_cap(11, 10, 13, 100, 200), int)
+    assert math.isclose(linear_ramp_cap(11, 10, 13, 100, 200), 133)  # 133.33 rounded
+
+
+def test_linear_ramp_validation() -> None:
+    with pytest.raises(ValueError, match=r"length\.schedule.*non-decreasing"):
+        linear_ramp_cap(0, 10, 5, 100, 200)
+    with pytest.raises(ValueError, match=r"length\.schedule.*positive"):
+        linear_ramp_cap(0, 0, 5, 0, 200)
