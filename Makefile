@@ -26,3 +26,6 @@ lint: setup
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
+
+bench: setup
+	$(BIN)/python benchmarks/report_scaling.py

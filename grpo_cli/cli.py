@@ -146,6 +146,45 @@ def sweep(
     raise typer.Exit(code)
 
 
+REPORT_HELP = """Write a length-dynamics report: report.html, report.md and PNG figures.
+
+TARGETS are run ids, one or more sweep ids (all arms, seeds grouped), a directory holding a
+run or a W&B offline run (path/to/wandb/offline-run-...), or wandb:entity/project/run_id
+(needs network and a W&B login). The report has the length heat map with the cap, length
+percentiles, clip ratio, reward and accuracy, reward-length correlations, correct vs
+incorrect length, a summary table over the first/last 10% of steps, a diagnosis with
+remedies, and a censoring-aware (Kaplan-Meier) estimate of the length without the cap.
+
+\b
+Examples:
+  grpo report 20261123-201530-a1b2c3d4
+  grpo report RUN_A RUN_B --out /tmp/compare
+  grpo report sweep-20261123-201530-a1b2c3d4 --open
+  grpo report runs/RUN/wandb/offline-run-20261123_201531-RUN
+"""
+
+
+@app.command(help=REPORT_HELP)
+def report(
+    targets: Annotated[list[str], typer.Argument(help="run ids, sweep id, W&B run dir or "
+                                                      "wandb:entity/project/run_id")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="report directory (default: "
+                                             "<runs root>/reports/<name>/)")] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="open report.html in a browser")]
+    = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    from grpo_cli.report import build_report
+
+    folder = _guard(lambda: build_report(targets, out=out), debug)
+    page = (folder / "report.html").resolve()
+    typer.echo(str(page))
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(page.as_uri())
+
+
 @toy_app.command("build")
 def toy_build(
     out: Annotated[Path | None, typer.Option(help="output directory (default: the cache)")]

@@ -1,0 +1,190 @@
+"""Per-step aggregates of rollout rows with numpy (bincount, one lexsort): no per-row Python.
+
+The per-step table merges these with metrics.jsonl (or W&B history): the rollouts are exact
+and fill what the metrics lack; the metrics add what rollouts cannot give (correlations within
+prompt groups, the cap in force, timing).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from grpo_cli.report.load import Histograms, Rollouts, RunData
+
+MAX_HEATMAP_BINS = 48  # enough to see the shape, few enough to read a bin's width
+
+# Columns of the per-step table every later stage may use (NaN where unknown).
+STEP_COLUMNS = (
+    "length/mean", "length/p10", "length/p50", "length/p90", "length/clip_ratio",
+    "length/correct_mean", "length/incorrect_mean", "reward/mean", "reward/std",
+    "reward/truncated_mean", "reward/terminated_mean", "accuracy",
+    "corr/reward_length_spearman", "corr/within_group_spearman", "max_len", "perf/step_s",
+    "completions",
+)
+
+
+@dataclass
+class Heatmap:
+    """``share[b, j]``: share of step ``steps[j]``'s completions in length bin ``b``."""
+
+    steps: np.ndarray
+    edges: np.ndarray  # bin edges on the length axis (tokens), len = bins + 1
+    share: np.ndarray
+    source: str  # "rollouts" | "W&B histograms"
+    cap_offset: float  # where a cap of C tokens is drawn: C + cap_offset (top of C's bin)
+
+
+def window(n_steps: int) -> int:
+    """Steps in the early/late windows: 10% of the run, at least 1 (as `grpo sweep`'s table)."""
+    return max(1, n_steps // 10)
+
+
+def step_table(run: RunData) -> pd.DataFrame:
+    """One row per step with :data:`STEP_COLUMNS`: metrics first, rollouts fill the gaps."""
+    frame = run.metrics.copy()
+    if "accuracy" not in frame:
+        for key in ("reward/correct_mean", "reward/accuracy_mean"):
+            if key in frame:  # a grader's component, when no rollouts give `correct`
+                frame["accuracy"] = frame[key]
+                break
+    if run.rollouts is not None and len(run.rollouts):
+        derived = rollout_step_table(run.rollouts)
+        frame = derived.combine_first(frame) if frame.empty else frame.combine_first(derived)
+        for col in ("accuracy", "reward/terminated_mean", "completions"):
+            if derived[col].notna().any():  # exact from rows; metrics lack these keys
+                frame[col] = derived[col].reindex(frame.index)
+    if "reward/terminated_mean" not in frame and {"reward/mean", "reward/truncated_mean",
+                                                  "length/clip_ratio"} <= set(frame):
+        clip = frame["length/clip_ratio"]
+        frame["reward/terminated_mean"] = (
+            (frame["reward/mean"] - clip * frame["reward/truncated_mean"]) / (1 - clip)
+        ).where(clip < 1)
+    for col in STEP_COLUMNS:
+        if col not in frame:
+            frame[col] = np.nan
+    if frame["max_len"].isna().all():
+        cap = (run.config.get("data") or {}).get("max_response_length")
+        if isinstance(cap, (int, float)):
+            frame["max_len"] = float(cap)
+    frame.index.name = "step"
+    return frame.sort_index()
+
+
+def rollout_step_table(r: Rollouts) -> pd.DataFrame:
+    """Length, clip, reward and accuracy per step from the rows, vectorised."""
+    steps, inv = np.unique(r.step, return_inverse=True)
+    inv = inv.reshape(-1)
+    k = steps.shape[0]
+    n = np.bincount(inv, minlength=k).astype(np.float64)
+    length = r.length.astype(np.float64)
+    reward = r.reward.astype(np.float64)
+    trunc = r.truncated
+    out: dict[str, np.ndarray] = {"completions": n}
+    out["length/mean"] = np.bincount(inv, length, k) / n
+    n_trunc = np.bincount(inv, trunc.astype(np.float64), k)
+    out["length/clip_ratio"] = n_trunc / n
+    finite_r = np.isfinite(reward)
+    out["reward/mean"] = _mean(inv, reward, finite_r, k)
+    out["reward/std"] = np.sqrt(np.maximum(
+        _mean(inv, reward**2, finite_r, k) - out["reward/mean"] ** 2, 0.0))
+    out["reward/truncated_mean"] = _mean(inv, reward, finite_r & trunc, k)
+    out["reward/terminated_mean"] = _mean(inv, reward, finite_r & ~trunc, k)
+    correct = r.correct.astype(np.float64)
+    known = np.isfinite(correct)
+    out["accuracy"] = _mean(inv, (correct >= 0.5).astype(np.float64), known, k)
+    out["length/correct_mean"] = _mean(inv, length, known & (correct >= 0.5), k)
+    out["length/incorrect_mean"] = _mean(inv, length, known & (correct < 0.5), k)
+    for q, values in grouped_percentiles(inv, length, (10, 50, 90), k).items():
+        out[f"length/p{q}"] = values
+    frame = pd.DataFrame(out, index=pd.Index(steps.astype(np.int64), name="step"))
+    return frame
+
+
+def _mean(inv: np.ndarray, values: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Per-group mean of ``values[mask]``; NaN for groups with no selected row."""
+    count = np.bincount(inv[mask], minlength=k).astype(np.float64)
+    total = np.bincount(inv[mask], values[mask], minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def grouped_percentiles(
+    inv: np.ndarray, values: np.ndarray, qs: tuple[int, ...], k: int
+) -> dict[int, np.ndarray]:
+    """Percentiles per group with numpy's linear interpolation, from one lexsort."""
+    order = np.lexsort((values, inv))
+    ordered = values[order]
+    counts = np.bincount(inv, minlength=k)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = {}
+    for q in qs:
+        pos = (counts - 1).clip(min=0) * (q / 100.0)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.ceil(pos).astype(np.int64)
+        frac = pos - lo
+        last = max(ordered.shape[0] - 1, 0)
+        a = ordered[np.minimum(starts + lo, last)]
+        b = ordered[np.minimum(starts + hi, last)]
+        out[q] = np.where(counts > 0, a + (b - a) * frac, np.nan)
+    return out
+
+
+def rollout_heatmap(r: Rollouts, caps: np.ndarray | None = None) -> Heatmap:
+    """Share of completions per (length bin, step) over one set of edges for the whole run.
+
+    Fixed edges up to the largest cap or length keep the rows comparable when a schedule
+    changes the cap. Bins are whole tokens wide: bin k holds lengths k*w+1 .. (k+1)*w, drawn
+    between k*w+0.5 and (k+1)*w+0.5, so a cap of C tokens is the top edge of C's bin.
+    """
+    steps, inv = np.unique(r.step, return_inverse=True)
+    inv = inv.reshape(-1)
+    top = float(r.length.max()) if len(r) else 1.0
+    if caps is not None and np.isfinite(caps).any():
+        top = max(top, float(np.nanmax(caps)))
+    top = max(top, 1.0)
+    width = max(1, math.ceil(top / MAX_HEATMAP_BINS))
+    bins = math.ceil(top / width)
+    b = np.clip((r.length.astype(np.int64) - 1) // width, 0, bins - 1)
+    counts = np.bincount(inv * bins + b, minlength=steps.shape[0] * bins)
+    counts = counts.reshape(steps.shape[0], bins).T.astype(np.float64)
+    share = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
+    edges = np.arange(bins + 1, dtype=np.float64) * width + 0.5
+    return Heatmap(steps, edges, share, "rollouts", 0.5)
+
+
+def histogram_heatmap(h: Histograms) -> Heatmap:
+    """The logged per-step histograms re-binned onto one set of edges (bin centres)."""
+    top = max(float(e[-1]) for e in h.edges)
+    width = max(1.0, math.ceil(top / MAX_HEATMAP_BINS))
+    bins = max(1, math.ceil(top / width))
+    order = np.argsort(h.steps, kind="stable")
+    share = np.zeros((bins, len(order)))
+    for j, i in enumerate(order):  # one numpy op per step, not per completion
+        centres = (h.edges[i][:-1] + h.edges[i][1:]) / 2
+        idx = np.minimum((centres // width).astype(np.int64), bins - 1)
+        col = np.bincount(idx, h.counts[i], minlength=bins)
+        share[:, j] = col / max(col.sum(), 1)
+    steps = np.asarray(h.steps, dtype=np.int64)[order]
+    return Heatmap(steps, np.arange(bins + 1, dtype=np.float64) * width, share,
+                   "W&B histograms", 0.0)
+
+
+def heatmap_for(run: RunData, table: pd.DataFrame) -> Heatmap | None:
+    if run.rollouts is not None and len(run.rollouts):
+        return rollout_heatmap(run.rollouts, table["max_len"].to_numpy(dtype=np.float64))
+    if run.histograms is not None:
+        return histogram_heatmap(run.histograms)
+    return None
+
+
+def late_rows(r: Rollouts) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Lengths and truncation flags of the last 10% of steps (the KM estimate's input)."""
+    uniq = np.unique(r.step)
+    w = window(uniq.shape[0])
+    first = int(uniq[-w])
+    mask = r.step >= first
+    return r.length[mask], r.truncated[mask], (first, int(uniq[-1]))

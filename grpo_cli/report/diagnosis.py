@@ -1,0 +1,272 @@
+"""Plain-language findings from a run's window numbers, each with the numbers that fired it.
+
+Rules compare the first and last 10% of steps (see summary.py), never single steps. Every
+threshold is a named constant with the reason for its value; the remedies named are config
+keys this project supports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from grpo_cli.report.censoring import CapAdvice
+from grpo_cli.report.summary import RunSummary
+
+# Fewer steps than this and the early and late windows are single noisy steps: no trends.
+MIN_TREND_STEPS = 6
+# Per-step mean length moves +-15% with the prompt mix on the toy task; window means are
+# steadier, so a window-to-window change beyond 15% is a trend, not noise.
+LENGTH_FALL_PCT = 15.0
+# Beyond ~1 in 7 completions at the cap, the zero reward of truncated answers is a large
+# enough share of each group's advantages to steer the policy (EasyR1 #40 saw 20-40%).
+HIGH_CLIP_RATIO = 0.15
+# Truncated completions "earn less" when their mean reward is below the rest's by a quarter
+# of the per-step reward std: after std-normalised advantages that is a clearly signed push.
+TRUNC_REWARD_GAP_STD = 0.25
+# A rise this large between windows is more than drift from the prompt mix...
+EXPLOSION_RISE_PCT = 20.0
+# ...and it is an explosion when the late mean sits near the cap or half the batch hits it.
+EXPLOSION_CAP_FRACTION = 0.8
+EXPLOSION_CLIP_LATE = 0.5
+# Dr. GRPO's bias makes wrong answers longer; require a rise beyond the noise band and a
+# rise at least this much larger than the correct answers' (a shared rise is not the bias).
+LOSS_BIAS_RISE_PCT = 15.0
+LOSS_BIAS_EXCESS_PCT = 10.0
+# A Spearman coefficient of -0.2 within prompt groups is a consistent ordering "longer earns
+# less"; requiring a 0.2 drop from the first window makes it a change, not a trait of the task.
+COUPLING_NEGATIVE = -0.2
+COUPLING_DROP = 0.2
+# A length change this large with no truncation or explosion behind it still deserves a look.
+DRIFT_PCT = 25.0
+# Still this share truncated at the end: the cap binds and hides the policy's natural length
+# (the mean of capped lengths barely moves while the policy learns to be short).
+CAP_BINDING_LATE = HIGH_CLIP_RATIO
+
+LENGTH_BIASED_MODE = "seq-mean-token-mean"
+
+
+@dataclass
+class Remedy:
+    override: str  # what to type after `grpo run`
+    why: str
+
+
+@dataclass
+class Finding:
+    kind: str  # truncation-pressure | length-explosion | loss-aggregation-bias |
+    # negative-coupling | length-drift | cap-binding | too-few-steps | healthy
+    title: str
+    message: str  # one plain sentence with the numbers that fired the rule
+    evidence: list[str] = field(default_factory=list)
+    remedies: list[Remedy] = field(default_factory=list)
+    severity: str = "warning"  # warning | info | ok
+
+
+def _f(x: float, spec: str = ".1f") -> str:
+    return format(x, spec) if math.isfinite(x) else "n/a"
+
+
+def _pct(x: float) -> str:
+    return f"{x:.0%}" if math.isfinite(x) else "n/a"
+
+
+def _cap(s: RunSummary) -> int | None:
+    return int(s.cap_late) if math.isfinite(s.cap_late) else None
+
+
+def _raise_cap(s: RunSummary, advice: CapAdvice | None) -> Remedy:
+    cap = _cap(s)
+    if advice is not None and advice.recommended_cap and cap and advice.recommended_cap > cap:
+        return Remedy(f"max_len={advice.recommended_cap}",
+                      "the censoring-aware estimate's p95 + 10%: few completions truncated")
+    if cap:
+        return Remedy(f"max_len={2 * cap}", "a cap the policy rarely reaches stops punishing "
+                      "long answers with zero reward")
+    return Remedy("max_len=<larger>", "a cap the policy rarely reaches")
+
+
+def _schedule(s: RunSummary, early_factor: float) -> Remedy:
+    cap = _cap(s) or 0
+    switch = max(1, (s.last_step + 1) // 2)
+    first = int(cap * early_factor) if cap else "<early cap>"
+    later = cap or "<cap>"
+    return Remedy(f"length.schedule=[[0,{first}],[{switch},{later}]]",
+                  "staged caps: a different cap early, the final cap from mid-run "
+                  "(or `length=staged`)")
+
+
+def _overlong(s: RunSummary) -> Remedy:
+    cap = _cap(s)
+    buf = max(1, cap // 5) if cap else "<tokens>"
+    return Remedy(f"length.overlong_buffer={buf}",
+                  "DAPO's soft overlong penalty: a graded cost over the last tokens before "
+                  "the cap instead of a cliff at it")
+
+
+MASK = Remedy("algorithm.mask_truncated=true",
+              "truncated completions carry no loss, so being cut off is not taught as wrong")
+TOKEN_MEAN = Remedy("algorithm.loss_agg_mode=token-mean",
+                    "every token weighs the same (DAPO); no 1/|o| per-sequence weight")
+SUM_NORM = Remedy("algorithm.loss_agg_mode=seq-mean-token-sum-norm",
+                  "Dr. GRPO: a constant normaliser, no length dependence")
+
+
+def diagnose(s: RunSummary, advice: CapAdvice | None = None) -> list[Finding]:
+    """Findings for one run, or a single "healthy" finding when no rule fires."""
+    if s.steps < MIN_TREND_STEPS:
+        return [Finding(
+            "too-few-steps", "Too few steps to judge trends",
+            f"only {s.steps} steps were recorded (at least {MIN_TREND_STEPS} are needed to "
+            "compare the first and last 10% of the run): no diagnosis",
+            [f"steps: {s.steps} (< {MIN_TREND_STEPS})"], [], "info")]
+    findings = [f for f in (
+        _truncation_pressure(s, advice), _explosion(s, advice), _loss_bias(s),
+        _coupling(s, advice)) if f is not None]
+    explained = ("truncation-pressure", "length-explosion", "loss-aggregation-bias")
+    if not any(f.kind in explained for f in findings):
+        drift = _drift(s)
+        if drift is not None:
+            findings.append(drift)
+    if not any(f.kind in ("truncation-pressure", "length-explosion") for f in findings):
+        binding = _cap_binding(s, advice)
+        if binding is not None:
+            findings.append(binding)
+    if findings:
+        return findings
+    return [Finding(
+        "healthy", "Healthy",
+        f"no length pathology: length moved {_f(s.len_change_pct, '+.0f')}% "
+        f"({_f(s.len_initial)} → {_f(s.len_final)} tokens), {_pct(s.clip_late)} truncated "
+        f"late, reward {_f(s.reward_early, '.2f')} → {_f(s.reward_late, '.2f')}",
+        [f"length change: {_f(s.len_change_pct, '+.0f')}% (|change| < {LENGTH_FALL_PCT:.0f}% "
+         "or no cause found)", f"clip ratio late: {_pct(s.clip_late)}"], [], "ok")]
+
+
+def _truncation_pressure(s: RunSummary, advice: CapAdvice | None) -> Finding | None:
+    pressure = max(s.clip_mean, s.clip_early) if math.isfinite(s.clip_early) else s.clip_mean
+    gap = s.reward_terminated - s.reward_truncated
+    scale = s.reward_std if math.isfinite(s.reward_std) and s.reward_std > 0 else 0.0
+    earns_less = math.isfinite(gap) and gap > TRUNC_REWARD_GAP_STD * scale and gap > 0
+    if not (s.len_change_pct <= -LENGTH_FALL_PCT and pressure >= HIGH_CLIP_RATIO
+            and earns_less):
+        return None
+    return Finding(
+        "truncation-pressure", "Truncation pressure",
+        f"length fell {-s.len_change_pct:.0f}% ({_f(s.len_initial)} → {_f(s.len_final)} "
+        f"tokens) while {_pct(s.clip_mean)} of completions were truncated "
+        f"({_pct(s.clip_early)} early, {_pct(s.clip_late)} late) and truncated completions "
+        f"earned {s.reward_truncated:.2f} against {s.reward_terminated:.2f} for the rest: "
+        "truncation pressure; raise max_len or mask truncated",
+        [f"length change: {s.len_change_pct:+.0f}% (≤ -{LENGTH_FALL_PCT:.0f}%)",
+         f"truncated share (the larger of run mean and early window): {_pct(pressure)} "
+         f"(≥ {HIGH_CLIP_RATIO:.0%})",
+         f"reward gap terminated − truncated: {gap:.2f} (> {TRUNC_REWARD_GAP_STD} × reward "
+         f"std {scale:.2f})"],
+        [_raise_cap(s, advice), MASK, _overlong(s), _schedule(s, 2.0)])
+
+
+def _explosion(s: RunSummary, advice: CapAdvice | None) -> Finding | None:
+    near_cap = (math.isfinite(s.cap_late) and s.cap_late > 0
+                and s.len_final >= EXPLOSION_CAP_FRACTION * s.cap_late)
+    if not (s.len_change_pct >= EXPLOSION_RISE_PCT
+            and (near_cap or s.clip_late >= EXPLOSION_CLIP_LATE)):
+        return None
+    share = s.len_final / s.cap_late if math.isfinite(s.cap_late) and s.cap_late else math.nan
+    return Finding(
+        "length-explosion", "Length explosion",
+        f"length rose {s.len_change_pct:.0f}% ({_f(s.len_initial)} → {_f(s.len_final)} "
+        f"tokens, {_pct(share)} of the {_f(s.cap_late, '.0f')}-token cap) and "
+        f"{_pct(s.clip_late)} of completions were truncated late: length explosion; add an "
+        "overlong penalty or switch the loss aggregation",
+        [f"length change: {s.len_change_pct:+.0f}% (≥ +{EXPLOSION_RISE_PCT:.0f}%)",
+         f"late mean / cap: {_pct(share)} (≥ {EXPLOSION_CAP_FRACTION:.0%}) or late clip "
+         f"ratio {_pct(s.clip_late)} (≥ {EXPLOSION_CLIP_LATE:.0%})"],
+        [_overlong(s), TOKEN_MEAN, _schedule(s, 0.5),
+         Remedy("length.penalty=none", "if a length-aware reward is on: a cosine reward with "
+                "r0_correct < rL_correct pays for length")])
+
+
+def _loss_bias(s: RunSummary) -> Finding | None:
+    if s.loss_agg_mode != LENGTH_BIASED_MODE:
+        return None
+    rise, other = s.incorrect_change_pct, s.correct_change_pct
+    excess = rise - other if math.isfinite(other) else rise
+    if not (math.isfinite(rise) and rise >= LOSS_BIAS_RISE_PCT
+            and excess >= LOSS_BIAS_EXCESS_PCT):
+        return None
+    correct = (f"correct ones changed {other:+.0f}% ({_f(s.correct_len_early)} → "
+               f"{_f(s.correct_len_late)})" if math.isfinite(other)
+               else "correct ones are too few to compare")
+    return Finding(
+        "loss-aggregation-bias", "Loss-aggregation length bias",
+        f"incorrect completions lengthened {rise:.0f}% ({_f(s.incorrect_len_early)} → "
+        f"{_f(s.incorrect_len_late)} tokens) while {correct} under "
+        f"algorithm.loss_agg_mode={LENGTH_BIASED_MODE}: each token of a long wrong answer is "
+        "penalised less (1/|o| weight, Dr. GRPO's length bias); use token-mean or "
+        "seq-mean-token-sum-norm",
+        [f"loss_agg_mode: {s.loss_agg_mode}",
+         f"incorrect length change: {rise:+.0f}% (≥ +{LOSS_BIAS_RISE_PCT:.0f}%)",
+         f"excess over correct: {excess:+.0f} points (≥ {LOSS_BIAS_EXCESS_PCT:.0f})"],
+        [TOKEN_MEAN, SUM_NORM])
+
+
+def _coupling(s: RunSummary, advice: CapAdvice | None) -> Finding | None:
+    if math.isfinite(s.corr_within_early) and math.isfinite(s.corr_within_late):
+        early, late, where = s.corr_within_early, s.corr_within_late, "within prompt groups"
+    else:
+        early, late, where = s.corr_batch_early, s.corr_batch_late, "over the batch"
+    if not (math.isfinite(early) and math.isfinite(late)):
+        return None
+    if not (late <= COUPLING_NEGATIVE and early - late >= COUPLING_DROP):
+        return None
+    capped = math.isfinite(s.clip_mean) and s.clip_mean >= HIGH_CLIP_RATIO
+    if capped:
+        cause = (f"the cap's zero reward is a likely cause: {_pct(s.clip_mean)} of "
+                 "completions were truncated")
+        remedies = [_raise_cap(s, advice), MASK, _overlong(s)]
+    else:
+        cause = (f"not the cap ({_pct(s.clip_mean)} truncated): long wrong answers or a "
+                 "length term in the reward")
+        remedies = [TOKEN_MEAN, Remedy("length.penalty=none", "rule out a length-aware reward")]
+    return Finding(
+        "negative-coupling", "Reward-length coupling turned negative",
+        f"the reward-length Spearman correlation {where} went from {early:+.2f} to "
+        f"{late:+.2f}: longer completions now earn less, which pushes length down; {cause}",
+        [f"Spearman {where}, late: {late:+.2f} (≤ {COUPLING_NEGATIVE})",
+         f"drop from early: {early - late:.2f} (≥ {COUPLING_DROP})",
+         f"truncated share: {_pct(s.clip_mean)}"],
+        remedies)
+
+
+def _cap_binding(s: RunSummary, advice: CapAdvice | None) -> Finding | None:
+    if not (math.isfinite(s.clip_late) and s.clip_late >= CAP_BINDING_LATE):
+        return None
+    return Finding(
+        "cap-binding", "The cap binds",
+        f"{_pct(s.clip_late)} of completions were still truncated over the last "
+        f"{s.window} step(s) at a {_f(s.cap_late, '.0f')}-token cap: the cap hides the "
+        "policy's natural length (see the censoring-aware estimate), and if length starts "
+        "to fall this becomes truncation pressure",
+        [f"clip ratio late: {_pct(s.clip_late)} (≥ {CAP_BINDING_LATE:.0%})"],
+        [_raise_cap(s, advice), MASK], "info")
+
+
+def _drift(s: RunSummary) -> Finding | None:
+    if not (math.isfinite(s.len_change_pct) and abs(s.len_change_pct) >= DRIFT_PCT):
+        return None
+    way = "fell" if s.len_change_pct < 0 else "rose"
+    if s.clip_mean >= HIGH_CLIP_RATIO:
+        why = (f"{_pct(s.clip_mean)} of completions truncated, but they earned no less than "
+               "the rest")
+    else:
+        why = f"only {_pct(s.clip_mean)} of completions truncated"
+    return Finding(
+        "length-drift", "Length drift not explained by the cap",
+        f"length {way} {abs(s.len_change_pct):.0f}% ({_f(s.len_initial)} → "
+        f"{_f(s.len_final)} tokens) with {why}: check the reward's length terms and the "
+        "loss aggregation",
+        [f"length change: {s.len_change_pct:+.0f}% (|change| ≥ {DRIFT_PCT:.0f}%)",
+         f"truncated share: {_pct(s.clip_mean)} (< {HIGH_CLIP_RATIO:.0%} or truncated "
+         "completions not earning less)"],
+        [TOKEN_MEAN, Remedy("length.penalty=none", "rule out a length-aware reward")], "info")

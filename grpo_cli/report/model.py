@@ -1,0 +1,46 @@
+"""What a report holds once computed; figures and renderers only read these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from grpo_cli.report.aggregate import Heatmap
+from grpo_cli.report.censoring import CapAdvice, KMEstimate
+from grpo_cli.report.diagnosis import Finding
+from grpo_cli.report.load import RunData
+from grpo_cli.report.summary import RunSummary
+
+
+@dataclass
+class RunView:
+    run: RunData
+    table: pd.DataFrame  # per step, aggregate.STEP_COLUMNS
+    summary: RunSummary
+    findings: list[Finding]
+    heatmap: Heatmap | None = None
+    km: KMEstimate | None = None
+    advice: CapAdvice | None = None
+    km_note: str | None = None  # why there is no estimate
+
+
+@dataclass
+class Figure:
+    filename: str  # beside report.html
+    title: str
+    caption: str
+    run_id: str | None = None  # None: a figure comparing all runs
+
+
+@dataclass
+class Report:
+    title: str
+    targets: list[str]
+    views: list[RunView]
+    groups: dict[str, list[RunView]]  # arms: runs that differ only in seed share a group
+    smoothing: int  # rolling-mean window of the figures, in steps
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    generated: str = ""
+    elapsed_s: float = 0.0
