@@ -1,0 +1,138 @@
+"""The embedded toy task: add 2-8 small numbers, answer tagged ``<answer>N</answer>``.
+
+Reference solutions come in four styles whose lengths differ by an order of magnitude, so
+the warmed-up policy samples a wide length distribution and RL can trade length for risk
+(3+5+2+7 shown, one line per step):
+
+- ``jump`` (~5 tokens): ``<answer>17</answer>``; a 1M-parameter model is mostly wrong.
+- ``terse``: several terms merged per step (``3+5+2=10``, ``3+5+2+7=10+7=17``); shorter,
+  but multi-term sums are error-prone.
+- ``stepwise``: one term per step (``3+5=8``, ``3+5+2=8+2=10``, ``3+5+2+7=10+7=17``).
+- ``verbose``: restates the problem (``add 3+5+2+7``), goes stepwise, then restates the
+  result (``so the sum is 17``); ~35-165 tokens.
+
+Under a small token cap long answers are truncated (reward 0), so "short is safe"; under a
+generous cap the accurate long styles win. The toy tokenizer is byte-level, one token per
+character, except the two answer tags which are one token each.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+TOY_TASKS: tuple[str, ...] = ("add",)
+STYLES: tuple[str, ...] = ("jump", "terse", "stepwise", "verbose")
+# Style mix of the reference solutions (what the warm-up imitates).
+STYLE_WEIGHTS: tuple[float, ...] = (0.10, 0.25, 0.35, 0.30)
+MIN_TERMS, MAX_TERMS = 2, 8
+MIN_VALUE, MAX_VALUE = 1, 9
+
+
+def answer_tag(total: int) -> str:
+    return f"<answer>{total}</answer>"
+
+
+def _terms(nums: list[int]) -> str:
+    return "+".join(map(str, nums))
+
+
+def _prefix_lines(nums: list[int], cuts: list[int]) -> list[str]:
+    """One line per cut: the prefix of the problem, the previous total plus the new terms,
+    and the new total: cuts [2, 3, 4] of 3+5+2+7 -> ``3+5=8``, ``3+5+2=8+2=10``,
+    ``3+5+2+7=10+7=17``.
+
+    Why this shape: each line repeats the previous one and appends the next term(s), so the
+    term to add is found by matching the line against the problem (an induction-style copy a
+    tiny model learns fast), and the addition itself has both operands right next to the
+    result instead of a line away.
+    """
+    lines, prev = [], 0
+    for i, cut in enumerate(cuts):
+        head, total = _terms(nums[:cut]), sum(nums[:cut])
+        if i == 0:
+            lines.append(f"{head}={total}")
+        else:
+            lines.append(f"{head}={_terms([prev, *nums[cuts[i - 1] : cut]])}={total}")
+        prev = total
+    return lines
+
+
+def _terse_cuts(k: int, rng: random.Random) -> list[int]:
+    """Merged steps: the first line sums 2-4 terms, later lines add 2-3 more at once."""
+    cuts = [min(k, rng.choice((2, 3, 4)))]
+    while cuts[-1] < k:
+        cuts.append(min(k, cuts[-1] + rng.choice((2, 3))))
+    return cuts
+
+
+def render_solution(nums: list[int], style: str, rng: random.Random) -> str:
+    """A reference solution for ``nums`` in ``style``; always ends with the answer tag."""
+    total = sum(nums)
+    if style == "jump":
+        lines: list[str] = []
+    elif style == "terse":
+        lines = _prefix_lines(nums, _terse_cuts(len(nums), rng))
+    elif style == "stepwise":
+        lines = _prefix_lines(nums, list(range(2, len(nums) + 1)))
+    elif style == "verbose":
+        lines = ["add " + _terms(nums),
+                 *_prefix_lines(nums, list(range(2, len(nums) + 1))),
+                 f"so the sum is {total}"]
+    else:
+        raise ValueError(f"unknown style {style!r}; styles are {', '.join(STYLES)}")
+    return "\n".join([*lines, answer_tag(total)])
+
+
+def style_of(solution: str) -> str:
+    """Classify a (reference or sampled) solution into one of :data:`STYLES`.
+
+    Used to measure accuracy and length by style on the policy's own samples.
+    """
+    body = solution.split("<answer>", 1)[0]
+    if body.startswith("add") or "so the sum" in body:
+        return "verbose"
+    terms = [ln.split("=", 1)[0].count("+") + 1 for ln in body.splitlines() if "=" in ln]
+    # terms per line: 2, 3, 4, ... for stepwise; merged steps skip counts
+    if not terms:
+        return "jump"
+    if terms[0] == 2 and all(b - a == 1 for a, b in zip(terms, terms[1:], strict=False)):
+        return "stepwise"
+    return "terse"
+
+
+def _row(rng: random.Random) -> dict[str, str]:
+    # Distinct terms: each term then occurs once in the problem, so "which term comes next"
+    # is a plain lookup (find the last written term, take the one after it) that a 1M model
+    # learns in minutes; with repeats (6+6+...) it needs positional counting and rarely does.
+    nums = rng.sample(range(MIN_VALUE, MAX_VALUE + 1), rng.randint(MIN_TERMS, MAX_TERMS))
+    style = rng.choices(STYLES, weights=STYLE_WEIGHTS)[0]
+    return {
+        "problem": _terms(nums),
+        "answer": str(sum(nums)),
+        "solution": render_solution(nums, style, rng),
+    }
+
+
+def generate_rows(task: str = "add", size: int = 1024, seed: int = 0) -> list[dict[str, str]]:
+    """``size`` rows (``problem``, ``answer``, ``solution``), deterministic in (task, size, seed).
+
+    Row i does not depend on ``size``: a larger dataset extends a smaller one.
+    """
+    if task not in TOY_TASKS:
+        raise ValueError(f"unknown toy task {task!r}; toy tasks are {', '.join(TOY_TASKS)}")
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    rng = random.Random(f"grpo-toy:{task}:{seed}")  # str seeds hash identically everywhere
+    return [_row(rng) for _ in range(size)]
+
+
+def export_jsonl(path: str | Path, task: str = "add", size: int = 1000, seed: int = 0) -> Path:
+    """Write the task as JSONL (``problem``, ``answer``, ``solution``), like users' datasets."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in generate_rows(task, size=size, seed=seed):
+            f.write(json.dumps(row) + "\n")
+    return path
