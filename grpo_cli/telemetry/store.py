@@ -17,9 +17,9 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -81,19 +81,25 @@ def resolve_run_dir(root: Path, run_id: str) -> Path:
     return Path(root) / run_id  # the pattern admits no separator, so never outside root
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new file, never half."""
+def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
+    """Write through a hidden temp file, fsync, then rename: readers (and a resume after
+    ``kill -9``) see the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(text))
 
 
 def to_json_value(value: Any) -> Any:
@@ -280,17 +286,8 @@ class RunStore:
         while final.exists():  # same step range written twice (e.g. one step split in two)
             seq += 1
             final = self.rollouts_dir / f"part-{first:06d}-{last:06d}-{seq}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=self.rollouts_dir, prefix=f".{final.name}.",
-                                   suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pq.write_table(table, f, compression="zstd", compression_level=9)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(final, lambda f: pq.write_table(table, f, compression="zstd",
+                                                     compression_level=9), binary=True)
         self._chunks = []
         self._buffered = 0
         return final
