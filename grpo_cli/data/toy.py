@@ -1,4 +1,4 @@
-"""The embedded toy task: add 2-8 small numbers, answer tagged ``<answer>N</answer>``.
+"""The embedded toy task: add 2-6 distinct numbers from 1-9, answer in ``<answer>N</answer>``.
 
 Reference solutions come in four styles whose lengths differ by an order of magnitude, so
 the warmed-up policy samples a wide length distribution and RL can trade length for risk
@@ -9,7 +9,7 @@ the warmed-up policy samples a wide length distribution and RL can trade length 
   but multi-term sums are error-prone.
 - ``stepwise``: one term per step (``3+5=8``, ``3+5+2=8+2=10``, ``3+5+2+7=10+7=17``).
 - ``verbose``: restates the problem (``add 3+5+2+7``), goes stepwise, then restates the
-  result (``so the sum is 17``); ~35-165 tokens.
+  result (``so the sum is 17``); ~35-115 tokens.
 
 Under a small token cap long answers are truncated (reward 0), so "short is safe"; under a
 generous cap the accurate long styles win. The toy tokenizer is byte-level, one token per
@@ -26,7 +26,7 @@ TOY_TASKS: tuple[str, ...] = ("add",)
 STYLES: tuple[str, ...] = ("jump", "terse", "stepwise", "verbose")
 # Style mix of the reference solutions (what the warm-up imitates).
 STYLE_WEIGHTS: tuple[float, ...] = (0.10, 0.25, 0.35, 0.30)
-MIN_TERMS, MAX_TERMS = 2, 8
+MIN_TERMS, MAX_TERMS = 2, 6  # up to 8 terms a 0.8M model stays below 30% accurate
 MIN_VALUE, MAX_VALUE = 1, 9
 
 

@@ -41,14 +41,15 @@ def test_rows_are_deterministic_and_extend_with_size() -> None:
 def test_answers_are_the_sums_and_solutions_end_with_the_tag() -> None:
     for row in generate_rows("add", size=300, seed=0):
         terms = [int(t) for t in row["problem"].split("+")]
-        assert 2 <= len(terms) <= 8 and all(1 <= t <= 9 for t in terms)
+        assert 2 <= len(terms) <= 6 and all(1 <= t <= 9 for t in terms)
+        assert len(set(terms)) == len(terms)  # distinct terms, see _row
         assert row["answer"] == str(sum(terms))
         match = ANSWER.search(row["solution"])
         assert match and match.group(1) == row["answer"]
-        for line in row["solution"].splitlines():  # every written equation is true
-            if re.fullmatch(r"[\d+]+=\d+", line):
-                lhs, rhs = line.split("=")
-                assert sum(int(t) for t in lhs.split("+")) == int(rhs)
+        for line in row["solution"].splitlines():  # every written (chained) equation is true
+            if re.fullmatch(r"[\d+]+(=[\d+]+)+", line):
+                sides = [sum(int(t) for t in side.split("+")) for side in line.split("=")]
+                assert len(set(sides)) == 1, line
 
 
 def test_unknown_task_names_the_allowed_ones() -> None:
@@ -139,3 +140,16 @@ def test_evaluate_reports_truncation_by_cap() -> None:
     assert 0.0 <= long["accuracy"] <= 1.0
     assert long["length_p10"] <= long["length_p50"] <= long["length_p90"] <= long["length_max"]
     assert set(long["by_style"]) <= set(STYLES)
+
+
+def test_committed_model_is_competent_but_imperfect() -> None:
+    """The RL starting point the issue asks for: 40-90% accurate at T=1 under a generous cap,
+    lengths spread so that a small cap truncates a large share and a large cap almost none."""
+    generous = evaluate_toy_model(TOY_MODEL_DIR, num_prompts=128, max_new_tokens=200, n=2)
+    assert 0.4 <= generous["accuracy"] <= 0.9, generous
+    assert generous["truncated_share"] <= 0.01
+    assert generous["length_p10"] <= 10 and generous["length_p90"] >= 60
+    small = evaluate_toy_model(TOY_MODEL_DIR, num_prompts=128, max_new_tokens=32, n=2)
+    assert small["truncated_share"] >= 0.4
+    large = evaluate_toy_model(TOY_MODEL_DIR, num_prompts=128, max_new_tokens=160, n=2)
+    assert large["truncated_share"] <= 0.02
