@@ -24,7 +24,7 @@ dr_grpo), reward, length, trainer, logger. Pick one with e.g. `algorithm=dapo`.
 
 \b
 Most used keys:
-  max_len / data.max_response_length   response token cap (default 48 on the toy task)
+  max_len / data.max_response_length   response token cap (default 32 on the toy task)
   model.path                           hub id, local HF dir, or `toy` (embedded default)
   data.train_files                     JSONL / Parquet / hub id@split / toy:add
   rollout.n, rollout.temperature       group size and sampling

@@ -41,4 +41,4 @@ def grpo(runs_dir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
 # Small but real: 2 prompts x 4 samples per step, short caps, no progress bar.
 TINY = ["trainer.prompts_per_step=2", "rollout.n=4", "trainer.micro_batch_size=4",
-        "logger.progress=false", "data.toy_size=64"]
+        "logger.progress=false", "data.toy_size=64", "val.num_prompts=4"]

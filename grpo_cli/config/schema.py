@@ -31,7 +31,7 @@ class DataConfig:
     # Python format string applied to the prompt column before the chat template.
     prompt_template: str = "{problem}"
     max_prompt_length: int = 64
-    max_response_length: int = 48  # alias: max_len
+    max_response_length: int = 32  # alias: max_len
     shuffle: bool = True
     toy_size: int = 4096  # rows generated for toy:<task> datasets
 
@@ -100,10 +100,10 @@ class LengthConfig:
 @dataclass
 class TrainerConfig:
     steps: int = 60
-    prompts_per_step: int = 8  # global, across all ranks
+    prompts_per_step: int = 16  # global, across all ranks
     micro_batch_size: int = 32  # completions per forward/backward
     updates_per_batch: int = 1  # optimiser steps per rollout batch (>1 uses old log-probs)
-    lr: float = 2e-4
+    lr: float = 7e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     grad_clip: float = 1.0
@@ -111,7 +111,7 @@ class TrainerConfig:
     zero_stage: int = 0
     save_every: int = 0  # 0: only at the end (if save_final)
     save_final: bool = False
-    val_every: int = 0  # 0 disables the validation probe
+    val_every: int = 10  # 0 disables the validation probe
     num_threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
 
 
@@ -120,7 +120,7 @@ class ValConfig:
     """Natural-length probe: fixed held-out prompts sampled at a generous cap."""
 
     max_len: int | None = None  # null: 4x the training cap
-    num_prompts: int = 16
+    num_prompts: int = 32
     n: int = 2  # samples per prompt
 
 

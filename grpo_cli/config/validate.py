@@ -80,7 +80,7 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
         "per rank per update",
     )
 
-    caps = [d.max_response_length] + [int(c) for _, c in _schedule(cfg)]
+    caps = response_caps(cfg)
     _choice("length.schedule_mode", cfg.length.schedule_mode, ("step", "linear"))
     _choice("length.penalty", cfg.length.penalty, LENGTH_PENALTIES)
     buffer = cfg.length.overlong_buffer
@@ -96,10 +96,10 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
         )
     if t.val_every > 0:
         v = cfg.val
-        val_cap = v.max_len or 4 * max(caps)
         _require(v.n >= 1 and v.num_prompts >= 1, "val.n and val.num_prompts: must be >= 1")
-        _require(context is None or d.max_prompt_length + val_cap <= context,
-                 f"val.max_len={val_cap}: prompt cap + validation cap exceed the model context "
+        _require(v.max_len is None or v.max_len > 0, f"val.max_len={v.max_len}: must be > 0")
+        _require(context is None or v.max_len is None or d.max_prompt_length + v.max_len <= context,
+                 f"val.max_len={v.max_len}: prompt cap + validation cap exceed the model context "
                  f"of {context} tokens; set val.max_len lower")
     _validate_data_spec("data.train_files", d.train_files)
     if d.val_files:
@@ -109,6 +109,21 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
 
         _require(vllm_available(), "rollout.backend=vllm needs `pip install grpo-cli[vllm]` and a "
                  "CUDA GPU; use rollout.backend=hf on CPU")
+
+
+def response_caps(cfg: RunConfig) -> list[int]:
+    """Every response cap the run can use: the fixed cap and each schedule stage's."""
+    return [cfg.data.max_response_length] + [int(c) for _, c in _schedule(cfg)]
+
+
+def val_cap(cfg: RunConfig) -> int:
+    """The natural-length probe's cap: ``val.max_len``, or 4x the largest training cap but no
+    more than fits the model context after the prompt (a default must not fail a run)."""
+    if cfg.val.max_len:
+        return cfg.val.max_len
+    cap = 4 * max(response_caps(cfg))
+    context = model_context_length(cfg.model.path)
+    return cap if context is None else min(cap, context - cfg.data.max_prompt_length)
 
 
 def _schedule(cfg: RunConfig) -> list[tuple[int, int]]:

@@ -27,6 +27,7 @@ from grpo_cli.algo.losses import (
     token_loss_weights,
 )
 from grpo_cli.config.schema import RunConfig
+from grpo_cli.config.validate import response_caps, val_cap
 from grpo_cli.data.datasets import PromptSampler, PromptSet, build_prompts, load_rows
 from grpo_cli.models.load import eos_token_ids, load_causal_lm, load_tokenizer, resolve_model_path
 from grpo_cli.rewards.combine import combine_rewards
@@ -307,13 +308,19 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
     )
     reward_fn = load_reward_fn(cfg.reward.function, dict(cfg.reward.kwargs))
     schedule = [tuple(s) for s in cfg.length.schedule] if cfg.length.schedule else None
-    hist_cap = max([cfg.data.max_response_length] + [int(c) for _, c in schedule or []])
-    val_cap = cfg.val.max_len or 4 * hist_cap
+    hist_cap = max(response_caps(cfg))
+    probe_cap = val_cap(cfg)
 
     # --- steps ------------------------------------------------------------------------------
     per_rank = t.prompts_per_step // d.world
     last_log_s = 0.0
     for step in run.progress(range(t.steps)):
+        val_metrics: dict[str, float] = {}
+        if val_prompts is not None and (step % t.val_every == 0 or step == t.steps - 1):
+            # the policy before this step's update; the last step too, to see where it ended
+            torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + 500_009 + d.rank)
+            val_metrics = validation_metrics(rollout, val_prompts, probe_cap, cfg, reward_fn,
+                                             tokenizer, step, d)
         step_start = time.perf_counter()
         cap = cap_at_step(schedule, step, cfg.data.max_response_length, cfg.length.schedule_mode)
         global_ids = sampler.next(t.prompts_per_step)
@@ -364,9 +371,7 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
             # gather + metrics of this step, plus the sinks' write time of the previous one
             "perf/telemetry_s": time.perf_counter() - telemetry_start + last_log_s,
         })
-        if val_prompts is not None and step % t.val_every == 0:
-            metrics.update(validation_metrics(rollout, val_prompts, val_cap, cfg, reward_fn,
-                                              tokenizer, step, d))
+        metrics.update(val_metrics)
         samples = None
         if cfg.logger.sample_every > 0 and step % cfg.logger.sample_every == 0:
             samples = [

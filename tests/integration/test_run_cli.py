@@ -58,6 +58,21 @@ def test_run_writes_a_complete_store(grpo, runs_dir: Path) -> None:
     assert any((run / "checkpoints").iterdir()), "save_final wrote no checkpoint"
 
 
+def test_validation_probe_runs_on_schedule_at_its_own_cap(grpo, runs_dir) -> None:
+    """val/ metrics appear every val_every steps, the first and last step included, from
+    val.num_prompts x val.n samples at the probe's cap, not at the training cap."""
+    res = grpo("run", *TINY, "trainer.steps=4", "max_len=8", "trainer.val_every=2",
+               "val.num_prompts=4", "val.n=2", "val.max_len=64")
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = read_metrics(run_dir_of(runs_dir, res.stdout))
+    assert ["val/length/mean" in m for m in metrics] == [True, False, True, True]
+    for m in (metrics[0], metrics[2], metrics[3]):
+        assert m["val/length/max"] <= 64
+        assert m["val/length/max"] > 8  # the toy's natural answers exceed the training cap
+        assert m["val/length/clip_ratio"] < m["length/clip_ratio"]
+        assert m["max_len"] == 8
+
+
 def test_cfg_job_prints_the_composed_config(grpo) -> None:
     res = grpo("run", "--cfg", "job", "max_len=96", "algorithm=dr_grpo")
     assert res.returncode == 0, res.stderr
