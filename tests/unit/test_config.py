@@ -6,10 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from grpo_cli.config.loader import ConfigError, compose, conf_dir, load_run_config, parse_args
-from grpo_cli.config.validate import validate
+from grpo_cli.config.loader import (
+    ConfigError,
+    compose,
+    conf_dir,
+    load_run_config,
+    parse_args,
+    to_run_config,
+)
+from grpo_cli.config.validate import val_cap, validate
+from grpo_cli.sweep import plan
 
 CONF = conf_dir()
+SWEEPS = CONF.parent / "sweeps"
 GROUPS = ["model", "data", "rollout", "algorithm", "reward", "length", "trainer", "logger"]
 
 
@@ -28,11 +37,25 @@ def test_every_group_option_composes_and_validates(group: str, option: str) -> N
 
 
 @pytest.mark.parametrize("path", experiments(), ids=lambda p: p.stem)
-def test_every_experiment_composes(path: Path) -> None:
+def test_every_experiment_composes_and_validates(path: Path) -> None:
     first = path.read_text().splitlines()[0]
-    assert first.startswith("# grpo "), f"{path.name} must open with the command that runs it"
+    assert first.startswith("# ") and f"config=conf/experiment/{path.name}" in first, (
+        f"{path.name} must open with the command that runs it")
     raw = compose([f"config={path}"])
-    assert raw is not None
+    assert raw.data.max_response_length > 0
+    # Validate with the experiment's own world size (`--nproc_per_node=N` in its command);
+    # vLLM availability is the one check that needs a GPU, so rollouts are swapped to hf here.
+    world = int(first.split("--nproc_per_node=")[1].split()[0]) if "nproc_per_node" in first else 1
+    validate(to_run_config(compose([f"config={path}", "rollout.backend=hf"])), world=world)
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_file_plans(path: Path) -> None:
+    first = path.read_text().splitlines()[0]
+    assert first == f"# grpo sweep sweeps/{path.name}"
+    sweep = plan([str(path)], sweep_id="sweep-test", runs_dir="/tmp/grpo-plan-only")
+    assert len(sweep.arms) >= 2
+    assert all(arm.overrides for arm in sweep.arms)
 
 
 def test_max_len_alias_and_order_of_overrides(tmp_path: Path) -> None:
@@ -96,3 +119,17 @@ def test_prompts_must_split_across_ranks() -> None:
 def test_bad_length_controls(args: list[str], pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
         load_run_config(args)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["max_len=32"], 128),  # 4x the training cap
+        (["max_len=160"], 512 - 64),  # 4x would not fit the toy's 512-token context
+        (["max_len=32", "length.schedule=[[0,32],[10,64]]"], 256),  # the largest stage counts
+        (["max_len=160", "val.max_len=200"], 200),  # an explicit cap wins
+    ],
+)
+def test_validation_probe_cap(args: list[str], expected: int) -> None:
+    cfg, _ = load_run_config(["trainer.val_every=5", *args])
+    assert val_cap(cfg) == expected
