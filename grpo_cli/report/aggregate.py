@@ -23,7 +23,7 @@ STEP_COLUMNS = (
     "length/correct_mean", "length/incorrect_mean", "reward/mean", "reward/std",
     "reward/truncated_mean", "reward/terminated_mean", "accuracy",
     "corr/reward_length_spearman", "corr/within_group_spearman", "max_len", "perf/step_s",
-    "completions",
+    "completions", "val/length/mean",  # the natural-length probe (every trainer.val_every)
 )
 
 

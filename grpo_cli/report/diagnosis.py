@@ -104,8 +104,11 @@ def _overlong(s: RunSummary) -> Remedy:
                   "the cap instead of a cliff at it")
 
 
-MASK = Remedy("algorithm.mask_truncated=true",
-              "truncated completions carry no loss, so being cut off is not taught as wrong")
+MASK = Remedy("algorithm.mask_truncated=true algorithm.mask_truncated_in_adv=true",
+              "overlong filtering: truncated completions carry no loss and leave the group "
+              "mean/std, so being cut off is not taught as wrong (masking only the loss still "
+              "lifts every short answer above the truncated zeros; sweeps/toy_overlong_filter"
+              ".yaml shows both)")
 TOKEN_MEAN = Remedy("algorithm.loss_agg_mode=token-mean",
                     "every token weighs the same (DAPO); no 1/|o| per-sequence weight")
 SUM_NORM = Remedy("algorithm.loss_agg_mode=seq-mean-token-sum-norm",

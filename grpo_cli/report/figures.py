@@ -237,12 +237,17 @@ def length_quantiles_figure(view: RunView, path: Path, w: int) -> None:
                 marker="o" if len(mean) <= 80 else None, ms=2.5)
     ax.plot(mean.index, smooth(mean, w).values, color="tab:blue", lw=2, label="mean",
             marker="o" if w <= 1 else None, ms=3)
+    natural = t["val/length/mean"].dropna()
+    if len(natural):
+        ax.plot(natural.index, natural.values, color="tab:purple", lw=1.5, ls="--", marker="o",
+                ms=3, label=NATURAL)
     caps = t["max_len"].dropna()
     if len(caps):
         ax.step(caps.index, caps.values, where="mid", color="tab:red", lw=1.5, ls=":",
                 label="cap in force (max_len)")
     ax.set_ylim(bottom=0, top=max(float(caps.max()) if len(caps) else 0,
                                   float(t["length/p90"].max(skipna=True) or 0),
+                                  float(natural.max()) if len(natural) else 0,
                                   float(mean.max()) if len(mean) else 1) * 1.08)
     ax.set_title(f"Response length over training — {_who(view)}", fontsize=11)
     _step_axis(ax)
@@ -328,17 +333,24 @@ def correct_incorrect_figure(report: Report, path: Path) -> None:
     _save(fig, path)
 
 
+NATURAL = "natural length: val/ probe at a generous cap"
+
+
 def length_overlay_figure(report: Report, path: Path) -> None:
     fig, ax = plt.subplots(figsize=WIDE)
     _panel(ax, report, "length/mean", "mean response length (tokens)",
-           "Mean response length per arm (dotted: the arm's cap)")
+           "Mean response length per arm (dotted: the arm's cap; dashed: natural length)")
+    natural = False
     for color, views in zip(_colors(len(report.groups)), report.groups.values(), strict=True):
         caps = views[0].table["max_len"].dropna()
         if len(caps):
             ax.step(caps.index, caps.values, where="mid", color=color, lw=1, ls=":")
+        # The probe is sparse (every val_every steps): drawn unsmoothed, with markers.
+        natural |= _draw_group(ax, views, "val/length/mean", color, None, 1, "--")
     ax.set_ylim(bottom=0)
     fig.tight_layout()
-    _legend(fig, [ax], report)
+    extra = [Line2D([], [], color="0.3", lw=2, ls="--", marker="o", ms=3, label=NATURAL)]
+    _legend(fig, [ax], report, extra if natural else None)
     _save(fig, path)
 
 
@@ -372,7 +384,8 @@ def draw_all(report: Report, out: Path) -> list[Figure]:
 
     if multi:
         add("length_mean.png", "Mean length per arm",
-            "Mean response length per step for each arm; dotted lines are the caps.",
+            "Mean response length per step for each arm; dotted lines are the caps, dashed "
+            "lines the natural length (the val/ probe: fixed prompts at a generous cap).",
             lambda p: length_overlay_figure(report, p))
     else:  # one run: its length curves lead
         per_run(report.views[0], 0, ("length", "heatmap"))

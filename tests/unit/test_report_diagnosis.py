@@ -27,7 +27,7 @@ def test_collapse_under_the_cap_is_truncation_pressure(tmp_path: Path) -> None:
     assert "raise max_len or mask truncated" in f.message
     overrides = [r.override for r in f.remedies]
     assert any(o.startswith("max_len=") for o in overrides)
-    assert "algorithm.mask_truncated=true" in overrides
+    assert "algorithm.mask_truncated=true algorithm.mask_truncated_in_adv=true" in overrides
     assert any(o.startswith("length.overlong_buffer=") for o in overrides)
     assert any(o.startswith("length.schedule=") for o in overrides)
 
