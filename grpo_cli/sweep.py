@@ -139,6 +139,7 @@ def _arm_task(cfg: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     from grpo_cli.config.validate import validate
+    from grpo_cli.train.checkpoint import last_complete_step
     from grpo_cli.train.loop import train
 
     hc = HydraConfig.get()
@@ -150,12 +151,19 @@ def _arm_task(cfg: DictConfig) -> str:
     if previous.get("status") == "completed":
         return "completed"  # --resume: never redo or overwrite a finished arm
     attempt = int(previous.get("attempt", -1)) + 1
-    run_id = f"{sweep_dir.name}-{index:03d}" + (f"-r{attempt}" if attempt else "")
-    record = {"index": index, "run_id": run_id, "attempt": attempt,
+    # An unfinished arm with a complete checkpoint continues in its own run; one without
+    # starts over in a new run (-r<attempt>), leaving the old directory as it was.
+    prior_id = previous.get("run_id")
+    resume = bool(prior_id) and last_complete_step(
+        sweep_dir.parent.parent / str(prior_id) / "checkpoints") is not None
+    run_id = str(prior_id) if resume else (
+        f"{sweep_dir.name}-{index:03d}" + (f"-r{attempt}" if attempt else ""))
+    record = {"index": index, "run_id": run_id, "attempt": attempt, "resumed": resume,
               "overrides": list(hc.overrides.task), "status": "running"}
     atomic_write_text(status_file, json.dumps(record))
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     plain.run_id = run_id
+    plain.resume = run_id if resume else None
     try:
         run_cfg = to_run_config(plain)
         validate(run_cfg)

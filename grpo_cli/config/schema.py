@@ -155,3 +155,4 @@ class RunConfig:
     runs_dir: str | None = None  # default: $GRPO_RUNS_DIR or ./runs
     sweep_id: str | None = None  # set by `grpo sweep`
     run_id: str | None = None  # set by `grpo sweep` so arms know their directory up front
+    resume: str | None = None  # `grpo run resume=<run-id>`: continue from its last checkpoint

@@ -96,13 +96,22 @@ class RunHandle:
         self.sink.log(step, metrics, histograms, samples)
 
     def save_checkpoint(self, engine: Any, step: int, client_state: dict[str, Any]) -> None:
-        """Every rank writes its ZeRO shard; rank 0 records the latest complete step."""
-        ckpt_dir = self.run_dir / "checkpoints"
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step:06d}",
-                               client_state={**client_state, "step": step})
+        """Every rank writes its ZeRO shard. The store is flushed first, so a complete
+        checkpoint of step k always has every record of steps <= k next to it."""
+        from grpo_cli.train import checkpoint
+
         if self.store is not None:
             self.store.flush_rollouts()
+        checkpoint.save(engine, self.run_dir / "checkpoints", step, client_state,
+                        is_main=self.store is not None)
+        if self.store is not None:
             self.store.update_meta(last_checkpoint_step=step)
+
+    def rewind_to(self, step: int) -> None:
+        """Resuming from step ``step``'s checkpoint: drop the records of later steps."""
+        if self.store is not None:
+            self.store.truncate_after(step)
+            self.store.update_meta(resumed_from_step=step)
 
     def close(self, status: str) -> None:
         if self._closed:
@@ -118,24 +127,32 @@ class RunHandle:
 
 def open_run(cfg: RunConfig, resolved: DictConfig, d: Dist,
              experiment_text: str | None = None) -> RunHandle:
-    """Create the run directory and sinks on rank 0; agree on the run id across ranks."""
+    """Create (or, with ``cfg.resume``, reopen) the run directory and sinks on rank 0; agree
+    on the run id across ranks."""
     root = runs_root(cfg.runs_dir)
-    run_id = cfg.run_id or all_gather_objects(new_run_id() if d.is_main else None, d.world)[0]
+    run_id = cfg.resume or cfg.run_id or all_gather_objects(
+        new_run_id() if d.is_main else None, d.world)[0]
     run_dir = resolve_run_dir(root, run_id)
     if not d.is_main:
         return RunHandle(run_id, run_dir)
-    store = RunStore.create(root, run_id)
     config = OmegaConf.to_container(resolved, resolve=True)
     assert isinstance(config, dict)
-    config["run_id"] = run_id
-    store.write_config(config)
+    config["run_id"], config["resume"] = run_id, None
+    if cfg.resume:
+        store = RunStore.open(root, run_id)
+        meta = store.read_meta()
+        store.update_meta(status="running", resumes=[*meta.get("resumes", []), time.time()],
+                          argv_resume=sys.argv[1:])
+    else:
+        store = RunStore.create(root, run_id)
+        store.update_meta(
+            run_id=run_id, status="running", sweep_id=cfg.sweep_id, name=cfg.name,
+            git_sha=git_sha(), packages=package_versions(), python=platform.python_version(),
+            world_size=d.world, start_time=time.time(), argv=sys.argv[1:],
+        )
+    store.write_config(config)  # on resume: the same config, trainer.steps/logger as now
     if experiment_text is not None:
         (store.path / "experiment.yaml").write_text(experiment_text)
-    store.update_meta(
-        run_id=run_id, status="running", sweep_id=cfg.sweep_id, name=cfg.name,
-        git_sha=git_sha(), packages=package_versions(), python=platform.python_version(),
-        world_size=d.world, start_time=time.time(), argv=sys.argv[1:],
-    )
     sinks: list[MetricsSink] = [StoreSink(store)]
     w = cfg.logger.wandb
     if w.mode != "disabled":
@@ -143,5 +160,5 @@ def open_run(cfg: RunConfig, resolved: DictConfig, d: Dist,
         sinks.append(WandbSink.create(
             run_id=run_id, run_dir=store.path, config=json.loads(json.dumps(config)),
             mode=w.mode, project=w.project, entity=w.entity, group=cfg.sweep_id, tags=tags,
-        ))
+        ))  # resume="allow": a resumed run continues the same W&B run id
     return RunHandle(run_id, run_dir, store, MultiSink(sinks), show_progress=cfg.logger.progress)

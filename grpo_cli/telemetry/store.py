@@ -24,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -250,6 +251,34 @@ class RunStore:
                      for r in rows]
             _append_lines(self._path / "samples.jsonl", lines)
 
+    # --- resume -------------------------------------------------------------------------
+
+    def truncate_after(self, step: int) -> None:
+        """Drop every record of steps after ``step`` (a resume from that step's checkpoint
+        re-runs them): metrics and samples lines, and rollout rows. Each file is replaced
+        atomically, so a kill during the truncation leaves either the old or the new file;
+        partial lines from a killed writer go too."""
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            path = self._path / name
+            if path.is_file():
+                kept = b"".join(line + b"\n" for line in path.read_bytes().split(b"\n")
+                                if (s := _line_step(line)) is not None and s <= step)
+                atomic_write(path, lambda f, data=kept: f.write(data), binary=True)
+        self._chunks, self._buffered = [], 0
+        for part in rollout_parts(self._path):
+            m = _PART_RE.match(part.name)
+            assert m is not None  # rollout_parts lists matching names only
+            first, last = int(m[1]), int(m[2])
+            if last <= step:
+                continue
+            if first > step:
+                part.unlink()
+                continue
+            table = pq.read_table(part)
+            table = table.filter(pc.less_equal(table["step"], step))
+            atomic_write(part, lambda f, t=table: pq.write_table(
+                t, f, compression="zstd", compression_level=9), binary=True)
+
     # --- rollouts -------------------------------------------------------------------------
 
     def add_rollouts(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> None:
@@ -333,6 +362,15 @@ def _checked_int(name: str, values: np.ndarray, dtype: pa.DataType) -> np.ndarra
 
 
 # --- readers (tolerate a killed writer) ---------------------------------------------------
+
+
+def _line_step(line: bytes) -> int | None:
+    """The ``step`` of one JSON line, or None for a blank, partial or unreadable line."""
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:

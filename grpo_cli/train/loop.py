@@ -37,6 +37,7 @@ from grpo_cli.rollout.base import Completion, RolloutRequest
 from grpo_cli.rollout.hf import HFRollout
 from grpo_cli.telemetry.length_metrics import length_histogram, step_length_metrics
 from grpo_cli.telemetry.run import RunHandle, open_run
+from grpo_cli.train import checkpoint as ckpt
 from grpo_cli.train import engine as eng
 
 
@@ -311,10 +312,20 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
     hist_cap = max(response_caps(cfg))
     probe_cap = val_cap(cfg)
 
+    start = 0
+    if cfg.resume:  # continue after the last complete checkpoint; later records are dropped
+        ckpt_dir = run.run_dir / "checkpoints"
+        done = eng.all_gather_objects(ckpt.last_complete_step(ckpt_dir) if d.is_main else None,
+                                      d.world)[0]
+        client = ckpt.load(policy, ckpt_dir, done)
+        sampler.load_state_dict(client["sampler"])
+        run.rewind_to(done)
+        start = done + 1
+
     # --- steps ------------------------------------------------------------------------------
     per_rank = t.prompts_per_step // d.world
     last_log_s = 0.0
-    for step in run.progress(range(t.steps)):
+    for step in run.progress(range(start, t.steps)):
         val_metrics: dict[str, float] = {}
         if val_prompts is not None and (step % t.val_every == 0 or step == t.steps - 1):
             # the policy before this step's update; the last step too, to see where it ended

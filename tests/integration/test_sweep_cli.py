@@ -73,6 +73,39 @@ def test_failing_arm_does_not_stop_the_other_and_resume_retries_it(
     assert (done / "metrics.jsonl").read_text() == before  # untouched
 
 
+def test_resume_continues_an_unfinished_arm_from_its_checkpoint(
+    grpo, runs_dir: Path, tmp_path: Path
+) -> None:
+    """Arm 0 dies at step 2 after checkpoints at steps 0 and 1; --resume continues that same
+    run from step 1's checkpoint instead of starting a new one."""
+    flaky = tmp_path / "flaky.py"
+    calls = tmp_path / "calls.txt"
+    flaky.write_text(
+        "from pathlib import Path\n"
+        f"CALLS = Path({str(calls)!r})\n"
+        "def fn(batch):\n"
+        "    with CALLS.open('a') as f:\n"
+        "        f.write('x')\n"
+        "    if len(CALLS.read_text()) == 3:\n"
+        "        raise RuntimeError('preempted')\n"
+        "    return [0.5 for _ in batch]\n"
+    )
+    args = ["sweep", "max_len=16,24", *SHORT, "trainer.steps=4", "trainer.save_every=1",
+            "trainer.val_every=0", f"reward.function={flaky}:fn", "logger.wandb.mode=disabled"]
+    res = grpo(*args)
+    assert res.returncode == 1
+    first = manifest(runs_dir)["arms"][0]
+    assert first["status"] == "failed" and "preempted" in res.stderr
+    res2 = grpo(args[0], "--resume", manifest(runs_dir)["sweep_id"], *args[1:])
+    assert res2.returncode == 0, res2.stderr[-3000:]
+    arm = manifest(runs_dir)["arms"][0]
+    assert arm["status"] == "completed" and arm["run_id"] == first["run_id"]  # same run
+    lines = (runs_dir / arm["run_id"] / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1, 2, 3]
+    meta = json.loads((runs_dir / arm["run_id"] / "meta.json").read_text())
+    assert meta["resumed_from_step"] == 1 and meta["status"] == "completed"
+
+
 def test_submitit_local_launcher_runs_an_arm(grpo, runs_dir: Path) -> None:
     res = grpo("sweep", "max_len=16", *SHORT, "logger.wandb.mode=disabled",
                "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")

@@ -252,3 +252,30 @@ def test_atomic_write_text_replaces(tmp_path: Path) -> None:
     atomic_write_text(target, "one")
     atomic_write_text(target, "two")
     assert target.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_truncate_after_drops_later_steps_everywhere(tmp_path: Path) -> None:
+    """What a resume from step 2's checkpoint does: steps 3.. vanish from metrics, samples
+    and rollouts (a part spanning the boundary is cut, a later part removed)."""
+    store = RunStore.create(tmp_path, "r", flush_rows=10_000)
+    for step in range(6):
+        store.append_metrics({"step": step, "length/mean": float(step)})
+        store.append_samples([{"step": step, "completion": f"c{step}"}])
+        store.add_rollouts(rollout_columns(step))
+        if step in (1, 3):
+            store.flush_rollouts()  # parts 0-1, 2-3; 4-5 stays buffered, then 4-5 on disk
+    store.flush_rollouts()
+    with open(tmp_path / "r" / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": 6, "length/me')  # a killed writer's partial line
+    store.truncate_after(2)
+
+    assert [m["step"] for m in read_metrics(store.path)] == [0, 1, 2]
+    samples = (store.path / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(s)["step"] for s in samples] == [0, 1, 2]
+    rollouts = read_rollouts(store.path)
+    assert sorted(set(rollouts["step"])) == [0, 1, 2]
+    assert len(rollouts) == 3 * 32
+    assert [p.name for p in rollout_parts(store.path)] == ["part-000000-000001.parquet",
+                                                           "part-000002-000003.parquet"]
+    store.append_metrics({"step": 3, "length/mean": 9.0})  # the resumed run continues
+    assert [m["step"] for m in read_metrics(store.path)] == [0, 1, 2, 3]

@@ -1,0 +1,106 @@
+"""`grpo run resume=<run-id>`: continue from the last complete checkpoint, through the real
+CLI (DeepSpeed checkpoints on CPU, W&B offline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from grpo_cli.telemetry.store import read_metrics, read_rollouts
+from tests.conftest import REPO, TINY, cli_env
+
+BASE = [*TINY, "trainer.val_every=2", "val.num_prompts=4", "logger.sample_every=1"]
+
+
+def run_id_of(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout.strip().splitlines()[-1]
+
+
+def comparable(metrics: list[dict]) -> list[dict]:
+    """Everything but timings."""
+    return [{k: v for k, v in m.items() if not k.startswith("perf/")} for m in metrics]
+
+
+def test_resumed_run_matches_an_uninterrupted_run_step_for_step(grpo, runs_dir: Path) -> None:
+    full = run_id_of(grpo("run", *BASE, "trainer.steps=5"))
+    # Stops after step 3 with its last checkpoint at step 2: step 3 must be redone.
+    part = run_id_of(grpo("run", *BASE, "trainer.steps=4", "trainer.save_every=3"))
+    assert run_id_of(grpo("run", f"resume={part}", "trainer.steps=5")) == part
+
+    expected, got = read_metrics(runs_dir / full), read_metrics(runs_dir / part)
+    assert [m["step"] for m in got] == list(range(5))
+    for want, have in zip(comparable(expected), comparable(got), strict=True):
+        assert have.keys() == want.keys(), have["step"]
+        for key, value in want.items():
+            assert have[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (have["step"], key)
+    lines = (runs_dir / part / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(5))  # no duplicates
+    rollouts = read_rollouts(runs_dir / part)
+    assert rollouts.groupby("step").size().to_dict() == {s: 2 * 4 for s in range(5)}
+    full_rollouts = read_rollouts(runs_dir / full)
+    assert rollouts["response_length"].tolist() == full_rollouts["response_length"].tolist()
+    samples = (runs_dir / part / "samples.jsonl").read_text().splitlines()
+    assert sorted({json.loads(s)["step"] for s in samples}) == list(range(5))
+    meta = json.loads((runs_dir / part / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["resumed_from_step"] == 2
+    assert len(list((runs_dir / part / "wandb").glob("offline-run-*"))) == 2  # same W&B id
+
+
+def test_kill_9_then_resume_leaves_every_step_exactly_once(runs_dir: Path) -> None:
+    steps = 40
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "grpo_cli", "run", *TINY, f"trainer.steps={steps}",
+         "trainer.save_every=2", "run_id=killed", "logger.wandb.mode=disabled"],
+        cwd=REPO, env=cli_env(runs_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    metrics = runs_dir / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_bytes().splitlines()) >= 7:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((runs_dir / "killed" / "meta.json").read_text())["status"] == "running"
+
+    res = subprocess.run([sys.executable, "-m", "grpo_cli", "run", "resume=killed"], cwd=REPO,
+                         env=cli_env(runs_dir), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = metrics.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(steps))
+    counts = read_rollouts(runs_dir / "killed").groupby("step").size()
+    assert counts.to_dict() == {s: 2 * 4 for s in range(steps)}
+    assert json.loads((runs_dir / "killed" / "meta.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["resume=nope"], "resume=nope: no run with that id"),
+        (["resume=../etc"], "invalid run id"),
+        (["resume=r", "max_len=64"], "data.max_response_length cannot change when resuming"),
+    ],
+)
+def test_bad_resume_is_one_line_exit_2(grpo, runs_dir: Path, args: list[str],
+                                       expected: str) -> None:
+    (runs_dir / "r").mkdir(parents=True)
+    (runs_dir / "r" / "config.yaml").write_text("seed: 0\n")
+    res = grpo("run", *args)
+    assert res.returncode == 2 and expected in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_resume_without_a_complete_checkpoint_says_so(grpo, runs_dir: Path) -> None:
+    run_id = run_id_of(grpo("run", *TINY, "trainer.steps=1", "logger.wandb.mode=disabled"))
+    res = grpo("run", f"resume={run_id}")
+    assert res.returncode == 2 and "no complete checkpoint" in res.stderr
