@@ -35,10 +35,11 @@ Most used keys:
 
 \b
 Examples:
-  grpo run                                  # the embedded toy task, a few minutes on CPU
+  grpo run                                  # the embedded toy task, ~1 minute on 2 CPU cores
   grpo run max_len=128 trainer.steps=20
   grpo run config=conf/experiment/toy_small_cap.yaml algorithm=dapo
   grpo run --cfg job                        # print the composed config and exit
+  grpo run resume=<run-id>                  # continue from its last complete checkpoint
 """
 
 app = typer.Typer(
