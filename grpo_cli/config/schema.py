@@ -111,6 +111,7 @@ class TrainerConfig:
     zero_stage: int = 0
     save_every: int = 0  # 0: only at the end (if save_final)
     save_final: bool = False
+    save_on_interrupt: bool = False  # SIGTERM/Ctrl-C: checkpoint the finished step, then stop
     val_every: int = 10  # 0 disables the validation probe
     num_threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
 

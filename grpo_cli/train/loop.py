@@ -176,11 +176,14 @@ def train(cfg: RunConfig, resolved: DictConfig, experiment_text: str | None = No
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed)
     run: RunHandle = open_run(cfg, resolved, d, experiment_text)
+    stop = StopRequest()
     main_thread = threading.current_thread() is threading.main_thread()
-    # SIGTERM (SLURM preemption, kill) ends the run like Ctrl-C; handlers need the main thread.
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    # SIGTERM (SLURM preemption, kill) and Ctrl-C end the run after the current step; a second
+    # signal ends it at once. Handlers need the main thread (sweep arms in threads keep defaults).
+    previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM, signal.SIGINT)
+                } if main_thread else {}
     try:
-        _train(cfg, d, run)
+        _train(cfg, d, run, stop)
     except (KeyboardInterrupt, Terminated):
         run.close("interrupted")
         raise
@@ -188,8 +191,8 @@ def train(cfg: RunConfig, resolved: DictConfig, experiment_text: str | None = No
         run.close("failed")
         raise
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     run.close("completed")
     return run.run_id
 
@@ -198,8 +201,29 @@ class Terminated(Exception):
     """SIGTERM arrived: the run stops like on Ctrl-C and is marked interrupted."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated(f"signal {signum}")
+@dataclass
+class StopRequest:
+    """A signal asked the run to stop: the loop finishes its step, saves if asked, then stops."""
+
+    signum: int | None = None
+
+    def handler(self, signum: int, frame: object) -> None:
+        if self.signum is not None:  # the second signal: stop now
+            self.signum = signum
+            self.stop_now()
+        self.signum = signum
+
+    def agreed(self, d: eng.Dist) -> bool:
+        """Whether any rank was signalled (ranks must stop at the same step)."""
+        (flag,) = eng.all_reduce_sum([float(self.signum is not None)], d.device, d.world)
+        if flag and self.signum is None:
+            self.signum = signal.SIGTERM
+        return flag > 0
+
+    def stop_now(self) -> None:
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(f"signal {self.signum}")
 
 
 @dataclass
@@ -279,7 +303,7 @@ def load_val_prompts(cfg: RunConfig, tokenizer: Any, d: eng.Dist) -> PromptSet |
     return val
 
 
-def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
+def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest) -> None:
     t, r, a = cfg.trainer, cfg.rollout, cfg.algorithm
 
     # --- data and model -------------------------------------------------------------------
@@ -396,7 +420,12 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle) -> None:
         hist = length_histogram(cols["response_length"], hist_cap)
         run.log(step, metrics, {"length/hist": hist}, cols, samples)
         last_log_s = time.perf_counter() - log_start
-        if t.save_every > 0 and (step + 1) % t.save_every == 0:
+        saved = t.save_every > 0 and (step + 1) % t.save_every == 0
+        if saved:
             run.save_checkpoint(policy, step, {"sampler": sampler.state_dict()})
+        if stop.agreed(d):  # a signal arrived during this step, which is now complete
+            if t.save_on_interrupt and not saved:
+                run.save_checkpoint(policy, step, {"sampler": sampler.state_dict()})
+            stop.stop_now()
     if t.save_final:
         run.save_checkpoint(policy, t.steps - 1, {"sampler": sampler.state_dict()})

@@ -129,24 +129,36 @@ def test_two_cpu_ranks_with_torchrun(runs_dir: Path, zero_stage: int) -> None:
     assert os.path.isdir(run / "wandb")
 
 
-def test_sigterm_marks_the_run_interrupted(runs_dir: Path) -> None:
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_finishes_the_step_checkpoints_and_resumes(runs_dir: Path, sig: str,
+                                                          code: int) -> None:
+    """SIGTERM (preemption) or Ctrl-C: the current step completes, a checkpoint of it is
+    written (trainer.save_on_interrupt), the run is marked interrupted with the conventional
+    exit code, and `resume=` continues right after that step."""
     import signal
     import time
 
     cmd = [sys.executable, "-m", "grpo_cli", "run", *TINY, "trainer.steps=500", "max_len=16",
-           "logger.wandb.mode=disabled"]
+           "logger.wandb.mode=disabled", "trainer.save_on_interrupt=true", "run_id=sig"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(runs_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    metrics = runs_dir / "sig" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline:
-        lines = list(runs_dir.glob("*/metrics.jsonl"))
-        if lines and lines[0].read_text().count("\n") >= 2:
+        if metrics.is_file() and metrics.read_text().count("\n") >= 2:
             break
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
-    (run,) = [p for p in runs_dir.iterdir() if p.is_dir()]
-    meta = json.loads((run / "meta.json").read_text())
+    assert proc.returncode == code, err[-2000:]
+    meta = json.loads((runs_dir / "sig" / "meta.json").read_text())
     assert meta["status"] == "interrupted" and "end_time" in meta
-    assert 2 <= len(read_metrics(run)) < 500
+    steps = [m["step"] for m in read_metrics(runs_dir / "sig")]
+    assert 2 <= len(steps) < 500 and steps == list(range(len(steps)))
+    assert meta["last_checkpoint_step"] == steps[-1]  # the finished step was saved
+
+    res = subprocess.run([sys.executable, "-m", "grpo_cli", "run", "resume=sig",
+                          f"trainer.steps={len(steps) + 2}"], cwd=REPO, env=cli_env(runs_dir),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [m["step"] for m in read_metrics(runs_dir / "sig")] == list(range(len(steps) + 2))
