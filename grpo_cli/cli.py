@@ -60,7 +60,7 @@ EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 def _guard(fn: Callable[[], T], debug: bool) -> T:
     """Turn known user errors into one line on stderr and exit code 2 (1 for run failures)."""
     from grpo_cli.config.loader import ConfigError
-    from grpo_cli.rewards.loader import RewardError
+    from grpo_cli.rewards.loader import RewardContractError, RewardError
 
     try:
         return fn()
@@ -68,6 +68,11 @@ def _guard(fn: Callable[[], T], debug: bool) -> T:
         if debug:
             traceback.print_exc()
         typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except RewardContractError as e:  # the user's reward returned the wrong thing
+        if debug:
+            traceback.print_exc()
+        typer.echo(f"error: reward.function: {e}", err=True)
         raise typer.Exit(2) from None
     except RewardError as e:
         if debug:
@@ -214,7 +219,16 @@ def toy_export(
     typer.echo(f"wrote {size} rows to {out}")
 
 
+def quiet_library_noise() -> None:
+    """Keep stderr for what the user must read: torch's "No CUDA runtime is found" (printed by
+    every CPU-only DeepSpeed import) says nothing about the run."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def main() -> None:
+    quiet_library_noise()
     app(prog_name="grpo")
 
 

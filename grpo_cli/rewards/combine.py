@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from grpo_cli.config.schema import LengthConfig, RewardConfig
-from grpo_cli.rewards.loader import RewardError, Scores
+from grpo_cli.rewards.loader import RewardContractError, Scores
 from grpo_cli.rewards.shaping import (
     cosine_length_reward,
     kimi_length_reward,
@@ -38,8 +38,8 @@ def combine_rewards(
     if reward_cfg.weights:
         missing = sorted(set(reward_cfg.weights) - set(scores.components))
         if missing:
-            raise RewardError(f"reward.weights names {missing}, but the reward function returns "
-                              f"components {sorted(scores.components)}")
+            raise RewardContractError(f"reward.weights names {missing}, but the reward "
+                                      f"function returns components {sorted(scores.components)}")
         rewards = sum(w * scores.components[k] for k, w in reward_cfg.weights.items())
         rewards = np.asarray(rewards, dtype=np.float64)
     else:
@@ -63,8 +63,8 @@ def _length_term(scores: Scores, lens: torch.Tensor, truncated: np.ndarray, cap:
     if cfg.penalty == "linear":
         return linear_length_penalty(lens, cap).numpy()
     if np.isnan(scores.correct).all():
-        raise RewardError(f"length.penalty={cfg.penalty} needs a reward that reports "
-                          "correctness (a `correct` or `accuracy` component)")
+        raise RewardContractError(f"length.penalty={cfg.penalty} needs a reward that reports "
+                                  "correctness (a `correct` or `accuracy` component)")
     correct = torch.as_tensor(np.nan_to_num(scores.correct) >= 0.5)
     if cfg.penalty == "cosine":
         c = cfg.cosine

@@ -26,6 +26,11 @@ class RewardError(RuntimeError):
     """The reward function failed or returned something unusable; names the sample."""
 
 
+class RewardContractError(RewardError):
+    """The reward function ran but broke the contract (a list of one float or dict with
+    ``overall`` per input): bad user input, reported like a config error (exit 2)."""
+
+
 def load_reward_fn(spec: str, kwargs: dict[str, Any] | None = None) -> RewardFn:
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
@@ -68,15 +73,17 @@ def score_batch(fn: RewardFn, inputs: list[dict[str, Any]]) -> Scores:
                           f"(first prompt: {_short(inputs[0].get('prompt', ''))!r}): {e!r}") from e
     if not isinstance(results, list | tuple) or len(results) != len(inputs):
         got = len(results) if isinstance(results, list | tuple) else type(results).__name__
-        raise RewardError(f"reward function must return a list of {len(inputs)} scores, got {got}")
+        raise RewardContractError(
+            f"reward function must return a list of {len(inputs)} scores, got {got}")
     n = len(inputs)
     overall = np.empty(n, dtype=np.float64)
     components: dict[str, np.ndarray] = {}
     for i, res in enumerate(results):
         if isinstance(res, dict):
             if "overall" not in res:
-                raise RewardError(f"sample {i}: reward dict has no 'overall' key "
-                                  f"(keys: {sorted(res)}; prompt {_short(inputs[i]['prompt'])!r})")
+                raise RewardContractError(
+                    f"sample {i}: reward dict has no 'overall' key "
+                    f"(keys: {sorted(res)}; prompt {_short(inputs[i]['prompt'])!r})")
             value = res["overall"]
             for k, v in res.items():
                 if k != "overall":
@@ -93,11 +100,12 @@ def _as_float(value: Any, i: int, key: str, inputs: list[dict[str, Any]]) -> flo
     try:
         out = float(value)
     except (TypeError, ValueError) as e:
-        raise RewardError(f"sample {i}: reward '{key}' is {type(value).__name__}, expected a "
-                          f"number (prompt {_short(inputs[i]['prompt'])!r})") from e
+        raise RewardContractError(
+            f"sample {i}: reward '{key}' is {type(value).__name__}, expected a number "
+            f"(prompt {_short(inputs[i]['prompt'])!r})") from e
     if not math.isfinite(out):
-        raise RewardError(f"sample {i}: reward '{key}' is {out} (prompt "
-                          f"{_short(inputs[i]['prompt'])!r})")
+        raise RewardContractError(f"sample {i}: reward '{key}' is {out} (prompt "
+                                  f"{_short(inputs[i]['prompt'])!r})")
     return out
 
 

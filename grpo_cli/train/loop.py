@@ -175,6 +175,7 @@ def train(cfg: RunConfig, resolved: DictConfig, experiment_text: str | None = No
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed)
+    inputs = load_inputs(cfg, d)
     run: RunHandle = open_run(cfg, resolved, d, experiment_text)
     stop = StopRequest()
     main_thread = threading.current_thread() is threading.main_thread()
@@ -183,7 +184,7 @@ def train(cfg: RunConfig, resolved: DictConfig, experiment_text: str | None = No
     previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM, signal.SIGINT)
                 } if main_thread else {}
     try:
-        _train(cfg, d, run, stop)
+        _train(cfg, d, run, stop, inputs)
     except (KeyboardInterrupt, Terminated):
         run.close("interrupted")
         raise
@@ -303,16 +304,34 @@ def load_val_prompts(cfg: RunConfig, tokenizer: Any, d: eng.Dist) -> PromptSet |
     return val
 
 
-def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest) -> None:
+@dataclass
+class Inputs:
+    """What the run reads from the user before it starts: bad data or a reward that does not
+    import fails here, before a run directory or a model exists."""
+
+    model_path: str
+    tokenizer: Any
+    prompts: PromptSet
+    val_prompts: PromptSet | None
+    reward_fn: RewardFn
+
+
+def load_inputs(cfg: RunConfig, d: eng.Dist) -> Inputs:
+    model_path = resolve_model_path(cfg.model.path)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    reward_fn = load_reward_fn(cfg.reward.function, dict(cfg.reward.kwargs))
+    prompts = build_prompts(load_rows(cfg.data.train_files, cfg.data, seed=cfg.seed), cfg.data,
+                            tokenizer)
+    return Inputs(model_path, tokenizer, prompts, load_val_prompts(cfg, tokenizer, d), reward_fn)
+
+
+def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
+           inputs: Inputs) -> None:
     t, r, a = cfg.trainer, cfg.rollout, cfg.algorithm
 
     # --- data and model -------------------------------------------------------------------
-    model_path = resolve_model_path(cfg.model.path)
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    prompts: PromptSet = build_prompts(
-        load_rows(cfg.data.train_files, cfg.data, seed=cfg.seed), cfg.data, tokenizer
-    )
-    val_prompts = load_val_prompts(cfg, tokenizer, d)
+    model_path, tokenizer, reward_fn = inputs.model_path, inputs.tokenizer, inputs.reward_fn
+    prompts, val_prompts = inputs.prompts, inputs.val_prompts
     run.note(dropped_prompts=prompts.dropped, train_prompts=len(prompts.prompt_ids))
     sampler = PromptSampler(len(prompts.prompt_ids), cfg.seed, cfg.data.shuffle)
     ds_cfg = eng.ds_config(cfg, d.world)
@@ -331,7 +350,6 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest) -> No
         lambda: eng.gathered(policy, t.zero_stage), tokenizer.pad_token_id,
         eos_token_ids(tokenizer, model_path), micro_batch_size=r.micro_batch_size,
     )
-    reward_fn = load_reward_fn(cfg.reward.function, dict(cfg.reward.kwargs))
     schedule = [tuple(s) for s in cfg.length.schedule] if cfg.length.schedule else None
     hist_cap = max(response_caps(cfg))
     probe_cap = val_cap(cfg)

@@ -81,22 +81,6 @@ def test_cfg_job_prints_the_composed_config(grpo) -> None:
     assert cfg["algorithm"]["loss_agg_mode"] == "seq-mean-token-sum-norm"
 
 
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["trainer.bogus=1"], "trainer.bogus"),
-        (["trainer.steps=ten"], "trainer.steps"),
-        (["rollout.n=1"], "rollout.n=1"),
-        (["max_len=5000"], "exceeds the model context"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2(grpo, args: list[str], expected: str) -> None:
-    res = grpo("run", *args)
-    assert res.returncode == 2
-    assert expected in res.stderr
-    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
-
-
 def test_reward_that_raises_stops_the_run_and_marks_it_failed(grpo, runs_dir, tmp_path) -> None:
     bad = tmp_path / "bad_reward.py"
     bad.write_text("def fn(batch):\n    raise RuntimeError('grader exploded')\n")
