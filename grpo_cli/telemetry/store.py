@@ -82,6 +82,13 @@ def resolve_run_dir(root: Path, run_id: str) -> Path:
     return Path(root) / run_id  # the pattern admits no separator, so never outside root
 
 
+def new_file_mode() -> int:
+    """0o666 minus the process umask: the mode ``open()`` gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = False) -> None:
     """Write through a hidden temp file, fsync, then rename: readers (and a resume after
     ``kill -9``) see the old file or the new one, never half of one."""
@@ -92,6 +99,7 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], object], binary: bool = 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -166,6 +174,7 @@ class RunStore:
                 json.dump({"run_id": run_id}, f)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, new_file_mode())
             try:
                 os.link(tmp, meta)
             except FileExistsError:

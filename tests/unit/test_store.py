@@ -279,3 +279,30 @@ def test_truncate_after_drops_later_steps_everywhere(tmp_path: Path) -> None:
                                                            "part-000002-000003.parquet"]
     store.append_metrics({"step": 3, "length/mean": 9.0})  # the resumed run continues
     assert [m["step"] for m in read_metrics(store.path)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_store_files_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """Atomic writes go through mkstemp (always 0600); the final files must look like any
+    other file the user creates, and nothing is world-writable under a sane umask."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        store = RunStore.create(tmp_path, "r")
+        created_mode = stat.S_IMODE((store.path / "meta.json").stat().st_mode)
+        store.write_config({"seed": 0})
+        store.update_meta(status="running")
+        store.append_metrics({"step": 0})
+        store.add_rollouts(rollout_columns(0))
+        store.flush_rollouts()
+    finally:
+        os.umask(old)
+    assert created_mode == mode
+    files = [p for p in store.path.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"config.yaml", "meta.json", "metrics.jsonl"}
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) == mode, p.name
+    for d in [store.path, *[p for p in store.path.rglob("*") if p.is_dir()]]:
+        assert not stat.S_IMODE(d.stat().st_mode) & 0o002, d
