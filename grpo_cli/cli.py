@@ -61,6 +61,7 @@ def _guard(fn: Callable[[], T], debug: bool) -> T:
     """Turn known user errors into one line on stderr and exit code 2 (1 for run failures)."""
     from grpo_cli.config.loader import ConfigError
     from grpo_cli.rewards.loader import RewardContractError, RewardError
+    from grpo_cli.rollout.base import RolloutOutOfMemory
 
     try:
         return fn()
@@ -74,10 +75,10 @@ def _guard(fn: Callable[[], T], debug: bool) -> T:
             traceback.print_exc()
         typer.echo(f"error: reward.function: {e}", err=True)
         raise typer.Exit(2) from None
-    except RewardError as e:
+    except (RewardError, RolloutOutOfMemory) as e:  # the run started and failed
         if debug:
             traceback.print_exc()
-        typer.echo(f"error: reward: {e}", err=True)
+        typer.echo(f"error: {'reward: ' if isinstance(e, RewardError) else ''}{e}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

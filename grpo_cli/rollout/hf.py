@@ -16,7 +16,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from grpo_cli.rollout.base import Completion, RolloutRequest, RolloutResult
+from grpo_cli.rollout.base import Completion, RolloutOutOfMemory, RolloutRequest, RolloutResult
 
 # Yields the module to sample from (under ZeRO-3: inside GatheredParameters).
 ModelContext = Callable[[], AbstractContextManager[torch.nn.Module]]
@@ -81,7 +81,11 @@ class HFRollout:
                 strict=True,
             ):
                 seqs = [request.prompt_ids[p] for p in chunk]
-                tokens, logprobs = self._sample(model, seqs, request, device)
+                try:
+                    tokens, logprobs = self._sample(model, seqs, request, device)
+                except torch.OutOfMemoryError as e:
+                    raise RolloutOutOfMemory.advise(len(seqs), request.max_new_tokens,
+                                                    request.n, self.micro_batch_size) from e
                 for i, prompt_index in enumerate(chunk):
                     completions.append(
                         self._completion(prompt_index, (chunk_start + i) % request.n,

@@ -92,3 +92,38 @@ def test_several_eos_ids_all_stop(model: Qwen2ForCausalLM) -> None:
     b = HFRollout(lambda: contextlib.nullcontext(model), PAD, [EOS, 11])
     c = b._completion(0, 0, torch.tensor([5, 11, PAD]), torch.zeros(3), max_new_tokens=3)
     assert c.finish_reason == "stop" and c.token_ids == [5, 11]
+
+
+def test_out_of_memory_names_the_settings_to_lower(model: Qwen2ForCausalLM,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA out-of-memory cannot happen on this CPU machine, so `generate` is replaced by
+    one that raises torch's OutOfMemoryError (the GPU boundary); the rest is real."""
+    from grpo_cli.rollout.base import RolloutOutOfMemory
+
+    def oom(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(model, "generate", oom)
+    with pytest.raises(RolloutOutOfMemory) as err:
+        backend(model, micro=4).generate(RolloutRequest(PROMPTS, n=3, max_new_tokens=8))
+    msg = str(err.value)
+    for key in ("rollout.micro_batch_size (now 4)", "data.max_response_length (now 8)",
+                "rollout.n (now 3)", "4 sequences"):
+        assert key in msg
+    assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
+
+
+def test_cli_reports_out_of_memory_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from grpo_cli.cli import _guard
+    from grpo_cli.rollout.base import RolloutOutOfMemory
+
+    def fail() -> None:
+        raise RolloutOutOfMemory.advise(64, 2048, 5, 64)
+
+    with pytest.raises(typer.Exit) as ex:
+        _guard(fail, debug=False)
+    assert ex.value.exit_code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: out of memory while sampling 64")
