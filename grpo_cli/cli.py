@@ -84,8 +84,11 @@ def _guard(fn: Callable[[], T], debug: bool) -> T:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
     except Exception as e:
-        from grpo_cli.train.loop import Terminated
+        from grpo_cli.train.loop import Terminated, TrainingDiverged
 
+        if isinstance(e, TrainingDiverged):
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
         if not isinstance(e, Terminated):
             raise
         typer.echo("terminated (SIGTERM)", err=True)

@@ -107,6 +107,7 @@ class TrainerConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     grad_clip: float = 1.0
+    max_bad_steps: int = 10  # updates skipped for NaN/inf gradients before the run stops
     warmup_steps: int = 0
     zero_stage: int = 0
     save_every: int = 0  # 0: only at the end (if save_final)

@@ -54,6 +54,7 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     _require(r.micro_batch_size > 0, f"rollout.micro_batch_size={r.micro_batch_size}: must be > 0")
     _require(t.steps >= 1, f"trainer.steps={t.steps}: must be >= 1")
     _require(t.lr > 0, f"trainer.lr={t.lr}: must be > 0")
+    _require(t.max_bad_steps >= 0, f"trainer.max_bad_steps={t.max_bad_steps}: must be >= 0")
     _require(len(t.betas) == 2, f"trainer.betas={t.betas}: expected two values")
     _require(a.clip_ratio_low >= 0 and a.clip_ratio_high >= 0, "algorithm.clip_ratio_*: >= 0")
     _require(a.kl_coef >= 0, f"algorithm.kl_coef={a.kl_coef}: must be >= 0")

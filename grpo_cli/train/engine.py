@@ -79,11 +79,37 @@ def ds_config(cfg: RunConfig, world: int) -> dict[str, Any]:
     return config
 
 
+class FiniteAdamW(torch.optim.AdamW):
+    """AdamW that skips a step whose gradients are not all finite, leaving weights and moments
+    untouched, and says so through ``overflow``: the attribute DeepSpeed's engine reads to
+    count a skipped step. Used with ZeRO 0, where it is the only guard between a NaN gradient
+    and the weights; ZeRO 1-3 optimisers check and skip by themselves."""
+
+    overflow = False
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        self.overflow = not all(bool(torch.isfinite(grad).all()) for grad in grads)
+        return None if self.overflow else super().step(closure)
+
+
+def optimizer_step(engine: Any) -> bool:
+    """``engine.step()``; True when it ended an accumulation window whose update was skipped
+    for non-finite gradients (gradients are averaged over ranks by then: all ranks agree)."""
+    boundary = engine.is_gradient_accumulation_boundary()
+    skipped_before = engine.skipped_steps
+    engine.step()
+    return boundary and engine.skipped_steps > skipped_before
+
+
 def make_policy_engine(model: torch.nn.Module, cfg: RunConfig, config: dict[str, Any]) -> Any:
     import deepspeed
 
     t = cfg.trainer
-    optimizer = torch.optim.AdamW(
+    # ZeRO 1-3 wrap only optimisers they know and check gradients themselves.
+    adamw = FiniteAdamW if t.zero_stage == 0 else torch.optim.AdamW
+    optimizer = adamw(
         [p for p in model.parameters() if p.requires_grad],
         lr=t.lr, betas=(t.betas[0], t.betas[1]), weight_decay=t.weight_decay,
     )

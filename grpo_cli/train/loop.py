@@ -114,6 +114,7 @@ def train_on_batch(
     per_update = n // t.updates_per_batch
     sums = dict(loss=0.0, entropy=0.0, kl=0.0, clipped=0.0, tokens=0.0)
     grad_norms: list[float] = []
+    skipped = 0  # updates dropped for non-finite gradients
     for u in range(t.updates_per_batch):
         upd = slice(u * per_update, (u + 1) * per_update)
         mask_u = b.loss_mask[upd]
@@ -138,14 +139,14 @@ def train_on_batch(
             loss = (weights * token_loss).sum()
             # DeepSpeed averages gradients over ranks; weights are already global, so undo it.
             policy.backward(loss * d.world, scale_wrt_gas=False)
-            policy.step()
+            skipped += eng.optimizer_step(policy)
             sums["loss"] += float(loss.detach())
             assert entropy is not None
             sums["entropy"] += float((entropy * mask).sum())
             sums["clipped"] += float((clipped.float() * mask).sum())
             sums["tokens"] += float(mask.sum())
         grad_norm = policy.get_global_grad_norm()
-        if grad_norm is not None:
+        if grad_norm is not None and np.isfinite(float(grad_norm)):
             grad_norms.append(float(grad_norm))
     keys = list(sums)
     totals = dict(zip(keys, eng.all_reduce_sum([sums[k] for k in keys], d.device, d.world),
@@ -155,6 +156,7 @@ def train_on_batch(
         "loss/pg": totals["loss"] / t.updates_per_batch,
         "policy/entropy": totals["entropy"] / tokens,
         "policy/clip_frac": totals["clipped"] / tokens,
+        "train/skipped_updates": float(skipped),
     }
     if ref_logp is not None:
         out["policy/kl"] = totals["kl"] / tokens
@@ -200,6 +202,10 @@ def train(cfg: RunConfig, resolved: DictConfig, experiment_text: str | None = No
 
 class Terminated(Exception):
     """SIGTERM arrived: the run stops like on Ctrl-C and is marked interrupted."""
+
+
+class TrainingDiverged(RuntimeError):
+    """More than trainer.max_bad_steps updates had non-finite gradients."""
 
 
 @dataclass
@@ -367,6 +373,7 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
     # --- steps ------------------------------------------------------------------------------
     per_rank = t.prompts_per_step // d.world
     last_log_s = 0.0
+    bad_updates = 0  # skipped for non-finite gradients, this process's share of the run
     for step in run.progress(range(start, t.steps)):
         val_metrics: dict[str, float] = {}
         if val_prompts is not None and (step % t.val_every == 0 or step == t.steps - 1):
@@ -395,6 +402,13 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
             ref_logp = logprobs_no_grad(reference, batch, t.micro_batch_size, r.temperature)
         train_stats = train_on_batch(policy, batch, cfg, cap, d, ref_logp)
         train_s = time.perf_counter() - train_start
+        bad_updates += int(train_stats["train/skipped_updates"])
+        train_stats["train/skipped_updates_total"] = float(bad_updates)
+        if bad_updates > t.max_bad_steps:
+            raise TrainingDiverged(
+                f"{bad_updates} optimiser updates had non-finite gradients and were skipped "
+                f"(trainer.max_bad_steps={t.max_bad_steps}); lower trainer.lr (now {t.lr}) "
+                f"or trainer.grad_clip (now {t.grad_clip}), and check the rewards")
 
         # --- telemetry over the whole global batch ---------------------------------------
         telemetry_start = time.perf_counter()

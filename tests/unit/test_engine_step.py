@@ -1,0 +1,36 @@
+"""The optimiser step in a real DeepSpeed engine (CPU, gloo): a non-finite gradient skips the
+update and leaves the weights as they were; a finite one is applied."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grpo_cli.config.schema import RunConfig
+from grpo_cli.train import engine as eng
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_non_finite_gradients_skip_the_update(stage: int) -> None:
+    eng.init_distributed()
+    cfg = RunConfig()
+    cfg.trainer.zero_stage, cfg.trainer.lr = stage, 0.1
+    cfg.trainer.prompts_per_step, cfg.rollout.n, cfg.trainer.micro_batch_size = 1, 2, 2
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    engine = eng.make_policy_engine(model, cfg, eng.ds_config(cfg, 1))
+    x = torch.randn(2, 4)
+
+    def weights() -> list[torch.Tensor]:
+        return [p.detach().clone() for p in engine.module.parameters()]
+
+    before = weights()
+    engine.backward(engine(x).sum() * float("nan"), scale_wrt_gas=False)
+    assert eng.optimizer_step(engine) is True
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(), strict=True))
+
+    engine.backward(engine(x).sum(), scale_wrt_gas=False)
+    assert eng.optimizer_step(engine) is False
+    after = weights()
+    assert all(torch.isfinite(w).all() for w in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
