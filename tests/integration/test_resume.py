@@ -54,11 +54,17 @@ def test_resumed_run_matches_an_uninterrupted_run_step_for_step(grpo, runs_dir: 
     assert len(list((runs_dir / part / "wandb").glob("offline-run-*"))) == 2  # same W&B id
 
 
-def test_kill_9_then_resume_leaves_every_step_exactly_once(runs_dir: Path) -> None:
-    steps = 40
+def test_kill_9_then_resume_matches_an_uninterrupted_run(grpo, runs_dir: Path) -> None:
+    """kill -9 mid-run, plus the leftover of a kill during a checkpoint write (the newest
+    checkpoint directory without its completion marker, shards cut short), then resume:
+    every step is recorded exactly once and the metrics equal an uninterrupted run's."""
+    import shutil
+
+    steps = 20
+    args = [*TINY, f"trainer.steps={steps}", "trainer.save_every=2", "logger.wandb.mode=disabled"]
+    full = run_id_of(grpo("run", *args))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "grpo_cli", "run", *TINY, f"trainer.steps={steps}",
-         "trainer.save_every=2", "run_id=killed", "logger.wandb.mode=disabled"],
+        [sys.executable, "-m", "grpo_cli", "run", *args, "run_id=killed"],
         cwd=REPO, env=cli_env(runs_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -72,6 +78,13 @@ def test_kill_9_then_resume_leaves_every_step_exactly_once(runs_dir: Path) -> No
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert json.loads((runs_dir / "killed" / "meta.json").read_text())["status"] == "running"
+    ckpts = runs_dir / "killed" / "checkpoints"
+    done = sorted(p for p in ckpts.glob("step-*") if (p / "complete.json").is_file())
+    torn = ckpts / "step-000099"  # what a kill during a save leaves: no marker, cut shards
+    shutil.copytree(done[-1], torn)
+    (torn / "complete.json").unlink()
+    for shard in torn.glob("*.pt"):
+        shard.write_bytes(shard.read_bytes()[:100])
 
     res = subprocess.run([sys.executable, "-m", "grpo_cli", "run", "resume=killed"], cwd=REPO,
                          env=cli_env(runs_dir), capture_output=True, text=True, timeout=600)
@@ -80,7 +93,13 @@ def test_kill_9_then_resume_leaves_every_step_exactly_once(runs_dir: Path) -> No
     assert [json.loads(line)["step"] for line in lines] == list(range(steps))
     counts = read_rollouts(runs_dir / "killed").groupby("step").size()
     assert counts.to_dict() == {s: 2 * 4 for s in range(steps)}
-    assert json.loads((runs_dir / "killed" / "meta.json").read_text())["status"] == "completed"
+    meta = json.loads((runs_dir / "killed" / "meta.json").read_text())
+    assert meta["status"] == "completed"
+    assert meta["resumed_from_step"] == int(done[-1].name.split("-")[1])  # not the torn one
+    expected = comparable(read_metrics(runs_dir / full))
+    for want, have in zip(expected, comparable(read_metrics(runs_dir / "killed")), strict=True):
+        for key, value in want.items():
+            assert have[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (have["step"], key)
 
 
 @pytest.mark.parametrize(
