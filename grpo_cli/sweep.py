@@ -163,6 +163,9 @@ def _arm_task(cfg: DictConfig) -> str:
     atomic_write_text(status_file, json.dumps(record))
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     plain.run_id = run_id
+    threads = int(os.environ.get("GRPO_ARM_THREADS", "0"))
+    if threads and not plain.trainer.num_threads:  # parallel arms share the CPU cores
+        plain.trainer.num_threads = threads
     plain.resume = run_id if resume else None
     try:
         run_cfg = to_run_config(plain)
@@ -179,6 +182,22 @@ def _arm_task(cfg: DictConfig) -> str:
     return str(record["status"])
 
 
+def arm_threads(overrides: list[str], arms: int, cpus: int | None = None) -> int:
+    """Torch threads per arm when arms share this host's CPU (joblib): cores / parallel arms.
+
+    Every torch process otherwise starts one thread per core, so two parallel arms on two
+    cores would run four busy threads. 0 leaves torch's default (sequential arms, clusters,
+    or trainer.num_threads set by the user).
+    """
+    if "hydra/launcher=joblib" not in overrides:
+        return 0
+    cpus = cpus or os.cpu_count() or 1
+    n_jobs = next((int(o.split("=", 1)[1]) for o in overrides
+                   if o.startswith("hydra.launcher.n_jobs=")), -1)
+    parallel = min(arms, cpus if n_jobs <= 0 else n_jobs)
+    return max(1, cpus // max(1, parallel))
+
+
 def launch(sweep: SweepPlan) -> None:
     """Hand the sweep to Hydra's multirun with the chosen launcher."""
     import hydra
@@ -192,6 +211,7 @@ def launch(sweep: SweepPlan) -> None:
                 swept[key].append(value)
     sweep_args = [f"{k}={','.join(v)}" for k, v in swept.items()]
     os.environ["GRPO_SWEEP_DIR"] = str(sweep.sweep_dir)
+    os.environ["GRPO_ARM_THREADS"] = str(arm_threads(parsed.overrides, len(sweep.arms)))
     task = hydra.main(config_path=str(conf_dir()), config_name="config",
                       version_base="1.3")(_arm_task)
     with experiment_searchpath(parsed.experiment) as extra:

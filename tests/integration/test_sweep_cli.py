@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+import yaml
 
 from grpo_cli.telemetry.store import read_metrics
 from tests.conftest import TINY
@@ -41,6 +44,8 @@ def test_joblib_sweep_two_parallel_arms(grpo, runs_dir: Path) -> None:
         metrics = read_metrics(runs_dir / run_id)
         assert len(metrics) == 2
         caps.add(metrics[0]["max_len"])
+        config = yaml.safe_load((runs_dir / run_id / "config.yaml").read_text())
+        assert config["trainer"]["num_threads"] == max(1, (os.cpu_count() or 1) // 2)
         wandb_runs = list((runs_dir / run_id / "wandb").glob("offline-run-*"))
         assert len(wandb_runs) == 1 and run_id in wandb_runs[0].name
     assert caps == {16, 24}
