@@ -65,34 +65,26 @@ def _guard(fn: Callable[[], T], debug: bool) -> T:
 
     try:
         return fn()
-    except ConfigError as e:
-        if debug:
-            traceback.print_exc()
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except RewardContractError as e:  # the user's reward returned the wrong thing
-        if debug:
-            traceback.print_exc()
-        typer.echo(f"error: reward.function: {e}", err=True)
-        raise typer.Exit(2) from None
-    except (RewardError, RolloutOutOfMemory) as e:  # the run started and failed
-        if debug:
-            traceback.print_exc()
-        typer.echo(f"error: {'reward: ' if isinstance(e, RewardError) else ''}{e}", err=True)
-        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
     except Exception as e:
-        from grpo_cli.train.loop import Terminated, TrainingDiverged
-
-        if isinstance(e, TrainingDiverged):
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1) from None
-        if not isinstance(e, Terminated):
-            raise
-        typer.echo("terminated (SIGTERM)", err=True)
-        raise typer.Exit(143) from None
+        # The loop's exceptions can only come from a loaded loop; never import torch here.
+        loop = sys.modules.get("grpo_cli.train.loop")
+        if loop is not None and isinstance(e, loop.Terminated):
+            typer.echo("terminated (SIGTERM)", err=True)
+            raise typer.Exit(143) from None
+        run_failures = (RolloutOutOfMemory,) + ((loop.TrainingDiverged,) if loop else ())
+        # (types, prefix, exit code), subclasses first: 2 is bad input, 1 a run that failed.
+        known = ((ConfigError, "", 2), (RewardContractError, "reward.function: ", 2),
+                 (RewardError, "reward: ", 1), (run_failures, "", 1))
+        for types, prefix, code in known:
+            if isinstance(e, types):
+                if debug:
+                    traceback.print_exc()
+                typer.echo(f"error: {prefix}{e}", err=True)
+                raise typer.Exit(code) from None
+        raise
 
 
 @app.command(context_settings=EXTRA, help=RUN_HELP)
