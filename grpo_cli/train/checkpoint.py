@@ -5,6 +5,12 @@ position and every RNG state.
 A checkpoint counts only once ``complete.json`` exists in its tag directory. It is written
 last (atomically, by rank 0, after every rank has written its shard), so a process killed
 during a save leaves a directory that :func:`last_complete_step` ignores.
+
+Loading never unpickles arbitrary objects: DeepSpeed's own loader calls
+``torch.load(weights_only=False)``, so :func:`load` swaps in :class:`SafeCheckpointEngine`,
+which loads with ``torch.load(weights_only=True)`` and allows only the few DeepSpeed classes its
+checkpoints hold. A checkpoint directory is therefore no more dangerous to resume from than
+a safetensors file.
 """
 
 from __future__ import annotations
@@ -18,9 +24,47 @@ from typing import Any
 import numpy as np
 import torch
 
+from grpo_cli.config.loader import ConfigError
 from grpo_cli.telemetry.store import atomic_write_text
 
 COMPLETE = "complete.json"
+
+
+class UnsafeCheckpoint(ConfigError):
+    """A checkpoint file holds objects other than tensors and DeepSpeed's plain records
+    (bad input: exit 2, one line)."""
+
+
+def _deepspeed_safe_globals() -> list[Any]:
+    """Classes DeepSpeed pickles into ZeRO 0-3 optimiser states (found by loading real
+    checkpoints with ``weights_only=True``); plain data, no code runs when they load."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+class SafeCheckpointEngine:
+    """Wraps DeepSpeed's checkpoint engine: saving is unchanged, loading uses
+    ``torch.load(weights_only=True)`` with only DeepSpeed's plain record classes allowed."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        import pickle
+
+        try:
+            with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            reason = (str(e).splitlines() or [""])[0][:200]
+            raise UnsafeCheckpoint(
+                f"{path}: refused to load, it holds more than tensors ({reason})") from e
 _TAG_RE = re.compile(r"^step-(\d{6,})$")
 
 
@@ -48,11 +92,32 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, quota, file size limit)."""
+
+
 def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any],
          is_main: bool) -> Path:
-    """Every rank writes its shard; then rank 0 marks the checkpoint complete."""
-    engine.save_checkpoint(str(ckpt_dir), tag=tag(step),
-                           client_state={**client_state, "step": step, "rng": rng_state()})
+    """Every rank writes its shard; then rank 0 marks the checkpoint complete.
+
+    A failed write removes the partial directory (it would never be used, and on a full disk
+    the space is what the user needs back) and raises :class:`CheckpointWriteError`.
+    """
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag(step),
+                               client_state={**client_state, "step": step, "rng": rng_state()})
+    except (OSError, RuntimeError) as e:  # torch reports a short write as a RuntimeError
+        import shutil
+
+        if is_main:
+            shutil.rmtree(ckpt_dir / tag(step), ignore_errors=True)
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+        previous = last_complete_step(ckpt_dir)
+        after = ("no earlier checkpoint exists" if previous is None else
+                 f"after freeing space, resume=<run id> continues from step {previous + 1}")
+        raise CheckpointWriteError(
+            f"checkpoint {ckpt_dir / tag(step)} could not be written ({reason}); is the disk "
+            f"full? The run's records up to step {step} are intact; {after}") from e
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()  # all shards are on disk before the marker
     path = ckpt_dir / tag(step)
@@ -75,6 +140,8 @@ def last_complete_step(ckpt_dir: Path) -> int | None:
 def load(engine: Any, ckpt_dir: Path, step: int) -> dict[str, Any]:
     """Restore engine, optimiser and scheduler state and the RNGs; returns the client state
     (``sampler``, ``step``)."""
+    if not isinstance(engine.checkpoint_engine, SafeCheckpointEngine):
+        engine.checkpoint_engine = SafeCheckpointEngine(engine.checkpoint_engine)
     path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag(step),
                                           load_optimizer_states=True,
                                           load_lr_scheduler_states=True)

@@ -1,16 +1,29 @@
-"""Checkpoint bookkeeping: completion markers and RNG state round trips (the DeepSpeed side
-is exercised end to end by the resume tests in tests/integration/test_resume.py)."""
+"""Checkpoints: completion markers, RNG state round trips, real DeepSpeed engines (ZeRO 0/2/3
+on CPU) saved and loaded with ``weights_only=True``, and a tampered checkpoint refused. The
+whole resume path is exercised end to end in tests/integration/test_resume.py."""
 
 from __future__ import annotations
 
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
-from grpo_cli.train.checkpoint import COMPLETE, last_complete_step, rng_state, set_rng_state
+from grpo_cli.config.schema import RunConfig
+from grpo_cli.train import engine as eng
+from grpo_cli.train.checkpoint import (
+    COMPLETE,
+    UnsafeCheckpoint,
+    last_complete_step,
+    load,
+    rng_state,
+    save,
+    set_rng_state,
+)
 
 
 def test_only_checkpoints_with_a_completion_marker_count(tmp_path: Path) -> None:
@@ -38,3 +51,79 @@ def test_rng_state_round_trips_and_loads_with_weights_only(tmp_path: Path) -> No
     torch.manual_seed(9)
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+class _Exploit:
+    """Unpickling this runs code (it creates a file): what a tampered checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def _engine(stage: int) -> Any:
+    eng.init_distributed()
+    cfg = RunConfig()
+    cfg.trainer.zero_stage, cfg.trainer.lr = stage, 0.05
+    cfg.trainer.prompts_per_step, cfg.rollout.n, cfg.trainer.micro_batch_size = 1, 2, 2
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
+    return eng.make_policy_engine(model, cfg, eng.ds_config(cfg, 1))
+
+
+def _train_step(engine: Any, x: torch.Tensor) -> None:
+    engine.backward(engine(x).pow(2).sum(), scale_wrt_gas=False)
+    eng.optimizer_step(engine)
+
+
+def _weights(engine: Any, stage: int) -> list[torch.Tensor]:
+    with eng.gathered(engine, stage) as module:
+        return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_deepspeed_checkpoint_round_trip_loads_with_weights_only(tmp_path: Path,
+                                                                 stage: int) -> None:
+    """Save after one step, train on, load: weights and optimiser state are back (the next
+    step from the loaded state equals the next step from the saved one), and every file was
+    read by ``torch.load(weights_only=True)``."""
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
+    engine = _engine(stage)
+    _train_step(engine, x)
+    save(engine, tmp_path, 1, {"sampler": {"pos": 3}}, is_main=True)
+    _train_step(engine, x)
+    expected = _weights(engine, stage)
+    _train_step(engine, x)  # drift away from the saved state
+
+    calls: list[bool] = []
+    real_load = torch.load
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("weights_only") is True)
+        return real_load(*args, **kwargs)
+
+    torch.load = spy  # observes the real loader, changes nothing
+    try:
+        client = load(engine, tmp_path, 1)
+    finally:
+        torch.load = real_load
+    assert client["sampler"] == {"pos": 3} and client["step"] == 1
+    assert calls and all(calls)
+    _train_step(engine, x)
+    for want, got in zip(expected, _weights(engine, stage), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_a_checkpoint_holding_code_is_refused(tmp_path: Path) -> None:
+    engine = _engine(0)
+    path = save(engine, tmp_path, 0, {"sampler": {}}, is_main=True)
+    marker = tmp_path / "pwned"
+    (shard,) = path.glob("*model_states.pt")
+    torch.save({"module": _Exploit(marker)}, shard)
+    with pytest.raises(UnsafeCheckpoint, match="model_states.pt: refused to load"):
+        load(engine, tmp_path, 0)
+    assert not marker.exists()
+    torch.load(shard, weights_only=False)  # the file really was dangerous
+    assert marker.exists()
