@@ -22,7 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.telemetry.sinks import MetricsSink, MultiSink, NoopSink, StoreSink, WandbSink
-from grpo_cli.telemetry.store import RunStore, new_run_id, resolve_run_dir, runs_root
+from grpo_cli.telemetry.store import (
+    RunStore,
+    new_run_id,
+    read_metrics,
+    resolve_run_dir,
+    runs_root,
+)
 from grpo_cli.train.engine import Dist, all_gather_objects
 
 T = TypeVar("T")
@@ -160,5 +166,6 @@ def open_run(cfg: RunConfig, resolved: DictConfig, d: Dist,
         sinks.append(WandbSink.create(
             run_id=run_id, run_dir=store.path, config=json.loads(json.dumps(config)),
             mode=w.mode, project=w.project, entity=w.entity, group=cfg.sweep_id, tags=tags,
+            recorded=read_metrics(store.path) if cfg.resume else (),
         ))  # resume="allow": a resumed run continues the same W&B run id
     return RunHandle(run_id, run_dir, store, MultiSink(sinks), show_progress=cfg.logger.progress)

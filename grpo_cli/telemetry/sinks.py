@@ -74,8 +74,11 @@ class StoreSink:
 class WandbSink:
     """Logs to a W&B run; any W&B error warns once and turns the sink into a no-op."""
 
-    def __init__(self, run: Any | None) -> None:
+    def __init__(self, run: Any | None, held_through: int | None = None) -> None:
         self._run = run
+        # W&B history is append-only: after a resume, steps an earlier process already
+        # logged (up to this one) are not sent again; the run store holds the redone steps.
+        self.held_through = held_through
 
     @property
     def active(self) -> bool:
@@ -92,8 +95,13 @@ class WandbSink:
         entity: str | None = None,
         group: str | None = None,
         tags: Sequence[str] = (),
+        recorded: Sequence[dict[str, Any]] = (),
     ) -> WandbSink:
         """Start (or resume) W&B run ``run_id`` with its files under ``run_dir/wandb``.
+
+        On resume, ``recorded`` holds the store's metrics rows from before: the rows W&B
+        missed (a process killed before W&B flushed them) are sent first, so W&B ends up with
+        every step exactly once, like the store.
 
         Never raises: if W&B cannot start, the run goes on with the store alone. The API key
         is left to W&B's own login mechanisms and never passed or written here.
@@ -103,6 +111,10 @@ class WandbSink:
         try:
             import wandb  # slow import: only when W&B is actually used
 
+            from grpo_cli.telemetry.wandb_files import last_logged_step
+
+            held = last_logged_step(Path(run_dir) / "wandb", run_id)
+
             run = wandb.init(
                 id=run_id, dir=str(run_dir), mode=mode, config=config, group=group,
                 tags=list(tags), project=project, entity=entity, resume="allow",
@@ -110,18 +122,26 @@ class WandbSink:
         except Exception as e:  # any W&B failure must not stop training
             _warn_disabled("init", e)
             return cls(None)
-        sink = cls(run)
+        sink = cls(run, held)
         try:
             # The training step is the x-axis of every chart (steps numbered from 0).
             run.define_metric("step")
             run.define_metric("*", step_metric="step")
         except Exception as e:
             sink._disable("define_metric", e)
+        missed = [row for row in recorded if held is None or row["step"] > held]
+        for row in missed:
+            sink.log(row["step"], {k: v for k, v in row.items() if k != "step"})
+        if held is not None or missed:
+            sink.held_through = max([held if held is not None else -1]
+                                    + [row["step"] for row in missed])
+            log.info("W&B run %s holds steps up to %d (%d sent again from the run store); "
+                     "later steps follow", run_id, sink.held_through, len(missed))
         return sink
 
     def log(self, step: int, scalars: dict[str, float], histograms: Histograms | None = None,
             samples: list[dict] | None = None) -> None:
-        if self._run is None:
+        if self._run is None or (self.held_through is not None and step <= self.held_through):
             return
         try:
             import wandb

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
+from grpo_cli.telemetry.wandb_files import read_wandb_history
 from tests.conftest import REPO, TINY, cli_env
 
 BASE = [*TINY, "trainer.val_every=2", "val.num_prompts=4", "logger.sample_every=1"]
@@ -51,7 +52,15 @@ def test_resumed_run_matches_an_uninterrupted_run_step_for_step(grpo, runs_dir: 
     assert sorted({json.loads(s)["step"] for s in samples}) == list(range(5))
     meta = json.loads((runs_dir / part / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["resumed_from_step"] == 2
-    assert len(list((runs_dir / part / "wandb").glob("offline-run-*"))) == 2  # same W&B id
+    # One W&B run id, two offline segments: together every step exactly once. Step 3 was
+    # logged before the stop, so the resumed process does not send it again.
+    files = sorted((runs_dir / part / "wandb").glob(f"offline-run-*/run-{part}.wandb"))
+    assert len(files) == 2
+    first, second = (read_wandb_history(f) for f in files)
+    assert sorted(first) == [0, 1, 2, 3] and sorted(second) == [4]
+    for m in got:
+        logged = (first | second)[m["step"]]
+        assert logged["length/mean"] == pytest.approx(m["length/mean"]), m["step"]
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(grpo, runs_dir: Path) -> None:
@@ -61,10 +70,11 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(grpo, runs_dir: Path) -
     import shutil
 
     steps = 20
-    args = [*TINY, f"trainer.steps={steps}", "trainer.save_every=2", "logger.wandb.mode=disabled"]
-    full = run_id_of(grpo("run", *args))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "grpo_cli", "run", *args, "run_id=killed"],
+    args = [*TINY, f"trainer.steps={steps}", "trainer.save_every=2"]
+    full = run_id_of(grpo("run", *args, "logger.wandb.mode=disabled"))
+    proc = subprocess.Popen(  # W&B offline too: its files are cut short by the kill as well
+        [sys.executable, "-m", "grpo_cli", "run", *args, "run_id=killed",
+         "logger.wandb.mode=offline"],
         cwd=REPO, env=cli_env(runs_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -100,6 +110,11 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(grpo, runs_dir: Path) -
     for want, have in zip(expected, comparable(read_metrics(runs_dir / "killed")), strict=True):
         for key, value in want.items():
             assert have[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (have["step"], key)
+    # W&B: the segments of the one run id hold every step exactly once
+    segments = [read_wandb_history(f)
+                for f in sorted((runs_dir / "killed" / "wandb").glob("offline-run-*/*.wandb"))]
+    assert len(segments) == 2
+    assert sorted(step for seg in segments for step in seg) == list(range(steps))
 
 
 @pytest.mark.parametrize(

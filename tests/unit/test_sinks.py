@@ -79,6 +79,42 @@ def test_offline_wandb_run_records_scalars_histograms_and_samples(tmp_path: Path
     assert history[0]["samples"]["_type"] == "table-file" and "samples" not in history[1]
 
 
+def test_resumed_wandb_run_holds_every_step_once_even_after_a_torn_file(
+        tmp_path: Path) -> None:
+    """A first process logs steps 0-5 and is 'killed': its .wandb file is cut inside a
+    record. The resumed process re-sends what W&B lost from the store's rows and skips
+    what it holds, so the two segments of the one run id hold each step exactly once."""
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    first = WandbSink.create(run_id="r", run_dir=run_dir, config={}, mode="offline")
+    for step in range(6):
+        first.log(step, {"length/mean": float(step)})
+    first.close("completed")
+    (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-r.wandb")
+    whole = read_wandb_history(run_file)
+    assert sorted(whole) == list(range(6))
+    data = run_file.read_bytes()
+    last = data.rindex(b"length/mean")
+    run_file.write_bytes(data[:last * 2 // 3])  # torn inside a record, some steps lost
+    survived = sorted(read_wandb_history(run_file))
+    assert survived == list(range(len(survived))) and len(survived) < 5
+
+    store_rows = [{"step": s, "length/mean": float(s)} for s in range(6)]
+    second = WandbSink.create(run_id="r", run_dir=run_dir, config={}, mode="offline",
+                              recorded=store_rows)
+    assert second.held_through == 5
+    second.log(4, {"length/mean": -1.0})  # a redone step W&B already holds: not sent again
+    for step in (6, 7):
+        second.log(step, {"length/mean": float(step)})
+    second.close("completed")
+    segments = [read_wandb_history(f)
+                for f in sorted((run_dir / "wandb").glob("offline-run-*/run-r.wandb"))]
+    assert len(segments) == 2
+    steps = sorted(step for seg in segments for step in seg)
+    assert steps == list(range(8))
+    assert all(row["length/mean"] == step for seg in segments for step, row in seg.items())
+
+
 def test_wandb_init_failure_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         sink = WandbSink.create(run_id="bad", run_dir=tmp_path, config={}, mode="not-a-mode",
