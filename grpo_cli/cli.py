@@ -74,7 +74,9 @@ def _guard(fn: Callable[[], T], debug: bool) -> T:
         if loop is not None and isinstance(e, loop.Terminated):
             typer.echo("terminated (SIGTERM)", err=True)
             raise typer.Exit(143) from None
-        run_failures = (RolloutOutOfMemory,) + ((loop.TrainingDiverged,) if loop else ())
+        ckpt = sys.modules.get("grpo_cli.train.checkpoint")
+        run_failures = ((RolloutOutOfMemory,) + ((loop.TrainingDiverged,) if loop else ())
+                        + ((ckpt.CheckpointWriteError,) if ckpt else ()))
         # (types, prefix, exit code), subclasses first: 2 is bad input, 1 a run that failed.
         known = ((ConfigError, "", 2), (RewardContractError, "reward.function: ", 2),
                  (RewardError, "reward: ", 1), (run_failures, "", 1))
