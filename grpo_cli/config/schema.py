@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TOY = "toy"  # sentinel for the embedded toy model / task
+TOY_VL = "toy-vl"  # the embedded vision-language toy (a tiny Qwen2.5-VL grown from it)
 
 
 @dataclass
 class ModelConfig:
-    path: str = TOY  # hub id, local HF checkpoint dir, or "toy" for the embedded model
+    path: str = TOY  # hub id, local HF checkpoint dir, "toy" or "toy-vl" (embedded models)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
@@ -27,7 +28,11 @@ class DataConfig:
     val_files: str | None = None  # same forms; default: a held-out slice of the toy task
     prompt_key: str = "problem"
     answer_key: str = "answer"
-    image_key: str = "images"
+    image_key: str = "images"  # column of image paths / bytes / HF Image dicts / base64
+    # Vision-language models: image resize bounds (qwen-vl-utils); null keeps its defaults.
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    on_bad_row: str = "fail"  # missing or corrupt images: fail (naming the row) | skip (counted)
     # Python format string applied to the prompt column before the chat template.
     prompt_template: str = "{problem}"
     max_prompt_length: int = 64

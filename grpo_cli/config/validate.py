@@ -11,7 +11,7 @@ from pathlib import Path
 
 from grpo_cli.algo.losses import LOSS_AGG_MODES
 from grpo_cli.config.loader import ConfigError
-from grpo_cli.config.schema import TOY, RunConfig
+from grpo_cli.config.schema import TOY, TOY_VL, RunConfig
 from grpo_cli.rewards.combine import LENGTH_PENALTIES
 
 BACKENDS = ("hf", "vllm")
@@ -41,6 +41,12 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     _choice("algorithm.loss_agg_mode", a.loss_agg_mode, LOSS_AGG_MODES)
     _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
     _choice("model.dtype", cfg.model.dtype, DTYPES)
+    _choice("data.on_bad_row", d.on_bad_row, ("fail", "skip"))
+    for key in ("min_pixels", "max_pixels"):
+        value = getattr(d, key)
+        _require(value is None or value > 0, f"data.{key}={value}: must be > 0 (or null)")
+    _require(d.min_pixels is None or d.max_pixels is None or d.min_pixels <= d.max_pixels,
+             f"data.min_pixels={d.min_pixels} is above data.max_pixels={d.max_pixels}")
     _require(t.zero_stage in (0, 1, 2, 3), f"trainer.zero_stage={t.zero_stage}: allowed 0-3")
 
     _require(d.max_prompt_length > 0, f"data.max_prompt_length={d.max_prompt_length}: must be > 0")
@@ -157,10 +163,10 @@ def _validate_data_spec(key: str, spec: str) -> None:
 
 def model_context_length(path: str) -> int | None:
     """Read the context length from config.json without loading weights (None if unknown)."""
-    if path == TOY:
-        from grpo_cli.models.toy import ensure_toy_model
+    if path in (TOY, TOY_VL):
+        from grpo_cli.models.load import resolve_model_path
 
-        model_dir: Path | None = ensure_toy_model()
+        model_dir: Path | None = Path(resolve_model_path(path))
     else:
         model_dir = Path(path).expanduser()
         if not model_dir.exists():

@@ -83,6 +83,14 @@ def _read_hub(name: str, split: str, key: str) -> list[dict]:
         raise ConfigError(f"{key}={name}@{split}: cannot load dataset ({e})") from e
 
 
+def dataset_dir(spec: str) -> Path | None:
+    """Where relative image paths in a dataset's rows are resolved."""
+    if spec.startswith("toy:"):
+        return None
+    path = Path(spec.partition("@")[0]).expanduser()
+    return path if path.is_dir() else path.parent if path.exists() else None
+
+
 @dataclass
 class PromptSet:
     """Tokenised prompts with the rows they came from."""
@@ -91,6 +99,23 @@ class PromptSet:
     rows: list[dict[str, Any]]
     texts: list[str]
     dropped: int  # rows whose prompt exceeded data.max_prompt_length
+    bad_rows: int = 0  # rows skipped for unusable images (data.on_bad_row=skip)
+    # Vision-language prompts: the processor and each prompt's chat messages (images decoded
+    # lazily per step by :meth:`vision`, so pixels are not all held in memory).
+    processor: Any = None
+    base_dir: Path | None = None
+
+    def vision(self, index: int, data: DataConfig) -> dict[str, Any]:
+        """``pixel_values`` / ``image_grid_thw`` of prompt ``index`` ({} for text prompts)."""
+        if self.processor is None:
+            return {}
+        from grpo_cli.data.vision import image_inputs, row_images, vision_messages
+
+        row = self.rows[index]
+        messages = vision_messages(prompt_text(row, data, index),
+                                   row_images(row, data.image_key, self.base_dir),
+                                   data.min_pixels, data.max_pixels)
+        return image_inputs(self.processor, messages)
 
 
 def prompt_text(row: dict[str, Any], data: DataConfig, index: int) -> str:
@@ -106,23 +131,50 @@ def prompt_text(row: dict[str, Any], data: DataConfig, index: int) -> str:
         raise ConfigError(f"data.prompt_template: unknown field {e} (row {index})") from e
 
 
-def build_prompts(rows: list[dict], data: DataConfig, tokenizer: Any) -> PromptSet:
-    """Apply the template and the tokenizer's chat template; drop (and count) long prompts."""
+def build_prompts(rows: list[dict], data: DataConfig, tokenizer: Any, processor: Any = None,
+                  spec: str = "", key: str = "data.train_files") -> PromptSet:
+    """Apply the template and the chat template; drop (and count) long prompts.
+
+    With a VL ``processor`` the row's images go through qwen-vl-utils and the processor (image
+    pads expanded, so lengths are real); a row whose images are unusable stops the run naming
+    the row (0-based), or is skipped and counted with ``data.on_bad_row=skip``. ``spec`` is
+    the dataset as configured under ``key`` (relative image paths resolve next to it).
+    """
+    from grpo_cli.data.vision import BadImage, encode_prompt, row_images, vision_messages
+
     if rows and data.answer_key not in rows[0]:
         raise ConfigError(
             f"data.answer_key={data.answer_key}: no such column "
             f"(columns: {', '.join(sorted(rows[0]))})"
         )
-    kept_ids, kept_rows, kept_texts, dropped = [], [], [], 0
+    base_dir = dataset_dir(spec) if spec else None
+    source = f"{key}={spec}" if spec else key
+    kept_ids, kept_rows, kept_texts, dropped, bad = [], [], [], 0, 0
     for i, row in enumerate(rows):
         text = prompt_text(row, data, i)
-        if getattr(tokenizer, "chat_template", None):
+        if processor is not None:
+            try:
+                messages = vision_messages(text, row_images(row, data.image_key, base_dir),
+                                           data.min_pixels, data.max_pixels)
+                rendered, ids, _ = encode_prompt(processor, messages)
+            except BadImage as e:
+                if data.on_bad_row == "fail":
+                    raise ConfigError(f"{source}: row {i}: {e} (data.on_bad_row=skip skips "
+                                      "such rows)") from e
+                bad += 1
+                continue
+        elif row.get(data.image_key):
+            raise ConfigError(
+                f"{source}: row {i} has images (data.image_key={data.image_key}) but the "
+                "model is text-only; use a vision-language model or drop the column")
+        elif getattr(tokenizer, "chat_template", None):
             rendered = tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
             )
         else:
             rendered = text
-        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        if processor is None:
+            ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
         if len(ids) > data.max_prompt_length:
             dropped += 1
             continue
@@ -130,11 +182,13 @@ def build_prompts(rows: list[dict], data: DataConfig, tokenizer: Any) -> PromptS
         kept_rows.append(row)
         kept_texts.append(rendered)
     if not kept_ids:
+        if bad == len(rows):
+            raise ConfigError(f"{source}: no row has usable images ({bad} skipped)")
         raise ConfigError(
             f"data.max_prompt_length={data.max_prompt_length}: every prompt is longer; "
             "raise it or shorten the prompts"
         )
-    return PromptSet(kept_ids, kept_rows, kept_texts, dropped)
+    return PromptSet(kept_ids, kept_rows, kept_texts, dropped, bad, processor, base_dir)
 
 
 class PromptSampler:

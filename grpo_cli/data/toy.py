@@ -18,11 +18,16 @@ character, except the two answer tags which are one token each.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from pathlib import Path
+from typing import Any
 
-TOY_TASKS: tuple[str, ...] = ("add",)
+# add-vl: the same sums for vision-language models; the problem is also drawn in an image
+# (PNG bytes in the ``images`` column, an ``<image>`` placeholder before the text).
+TOY_TASKS: tuple[str, ...] = ("add", "add-vl")
+IMAGE_SIZE = (112, 28)  # width, height: the VL toy's processor keeps exactly this size
 STYLES: tuple[str, ...] = ("jump", "terse", "stepwise", "verbose")
 # Style mix of the reference solutions (what the warm-up imitates).
 STYLE_WEIGHTS: tuple[float, ...] = (0.10, 0.25, 0.35, 0.30)
@@ -115,8 +120,9 @@ def _row(rng: random.Random) -> dict[str, str]:
     }
 
 
-def generate_rows(task: str = "add", size: int = 1024, seed: int = 0) -> list[dict[str, str]]:
-    """``size`` rows (``problem``, ``answer``, ``solution``), deterministic in (task, size, seed).
+def generate_rows(task: str = "add", size: int = 1024, seed: int = 0) -> list[dict[str, Any]]:
+    """``size`` rows (``problem``, ``answer``, ``solution``; ``images`` for ``add-vl``),
+    deterministic in (task, size, seed).
 
     Row i does not depend on ``size``: a larger dataset extends a smaller one.
     """
@@ -124,8 +130,26 @@ def generate_rows(task: str = "add", size: int = 1024, seed: int = 0) -> list[di
         raise ValueError(f"unknown toy task {task!r}; toy tasks are {', '.join(TOY_TASKS)}")
     if size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
-    rng = random.Random(f"grpo-toy:{task}:{seed}")  # str seeds hash identically everywhere
-    return [_row(rng) for _ in range(size)]
+    # The VL task draws the same problems as the text task (same seed stream).
+    rng = random.Random(f"grpo-toy:add:{seed}")  # str seeds hash identically everywhere
+    rows = [_row(rng) for _ in range(size)]
+    if task == "add-vl":
+        rows = [{**row, "problem": "<image>" + row["problem"],
+                 "images": [render_problem(row["problem"])]} for row in rows]
+    return rows
+
+
+def render_problem(text: str) -> bytes:
+    """``text`` drawn black on white as a PNG of :data:`IMAGE_SIZE` (Pillow's built-in font)."""
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", IMAGE_SIZE, "white")
+    ImageDraw.Draw(image).text((2, 6), text, fill="black", font=ImageFont.load_default(14))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
 
 
 def export_jsonl(path: str | Path, task: str = "add", size: int = 1000, seed: int = 0) -> Path:
@@ -134,5 +158,8 @@ def export_jsonl(path: str | Path, task: str = "add", size: int = 1000, seed: in
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for row in generate_rows(task, size=size, seed=seed):
+            if "images" in row:  # JSON has no bytes: images as base64 data URIs
+                row["images"] = ["data:image/png;base64," + base64.b64encode(b).decode()
+                                 for b in row["images"]]
             f.write(json.dumps(row) + "\n")
     return path

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from grpo_cli.config.loader import ConfigError
-from grpo_cli.config.schema import TOY, ModelConfig
+from grpo_cli.config.schema import TOY, TOY_VL, ModelConfig
 
 
 def resolve_model_path(path: str) -> str:
@@ -16,6 +16,10 @@ def resolve_model_path(path: str) -> str:
         from grpo_cli.models.toy import ensure_toy_model
 
         return str(ensure_toy_model())
+    if path == TOY_VL:
+        from grpo_cli.models.toy_vl import ensure_toy_vl_model
+
+        return str(ensure_toy_vl_model())
     return str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
 
 
@@ -58,11 +62,39 @@ def eos_token_ids(tokenizer: Any, path: str) -> list[int]:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_causal_lm(path: str, cfg: ModelConfig) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
+def vision_token_id(path: str, trust_remote_code: bool = False) -> int | None:
+    """The image placeholder id if ``path`` is a vision-language model (its config has a
+    ``vision_config``), else None: the model's config decides, not a user flag."""
+    from transformers import AutoConfig
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ConfigError(f"model.path={path}: cannot read the model config ({e})") from e
+    if getattr(config, "vision_config", None) is None:
+        return None
+    return int(config.image_token_id)
+
+
+def load_processor(path: str, trust_remote_code: bool = False) -> Any:
+    """The VL model's processor (image processor + tokenizer + chat template)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ConfigError(f"model.path={path}: cannot load the processor ({e})") from e
+
+
+def load_causal_lm(path: str, cfg: ModelConfig) -> torch.nn.Module:
+    """Text models load as causal LMs, VL models (e.g. Qwen2.5-VL) as image-text-to-text;
+    both return logits [B, L, V] for token ids."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    auto = AutoModelForImageTextToText if vision_token_id(path, cfg.trust_remote_code) \
+        is not None else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(
             path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
         )
     except Exception as e:

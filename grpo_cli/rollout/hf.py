@@ -16,6 +16,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+from grpo_cli.data.vision import concat_vision
 from grpo_cli.rollout.base import Completion, RolloutOutOfMemory, RolloutRequest, RolloutResult
 
 # Yields the module to sample from (under ZeRO-3: inside GatheredParameters).
@@ -60,15 +61,17 @@ class HFRollout:
         pad_token_id: int,
         eos_token_ids: list[int],
         micro_batch_size: int = 64,
+        image_token_id: int | None = None,
     ) -> None:
         self.model_context = model_context
         self.pad_token_id = pad_token_id
         self.eos_token_ids = list(eos_token_ids)
         self.micro_batch_size = micro_batch_size
+        self.image_token_id = image_token_id  # VL models: marks image pads for 3-D positions
 
     def generate(self, request: RolloutRequest) -> RolloutResult:
-        if request.multi_modal is not None:
-            raise NotImplementedError("vision inputs are not supported by the hf backend yet")
+        if request.multi_modal is not None and self.image_token_id is None:
+            raise ValueError("vision inputs need a vision-language model (image_token_id)")
         start = time.perf_counter()
         # Row r is sample r % n of prompt r // n, so groups are contiguous.
         rows = [p for p in range(len(request.prompt_ids)) for _ in range(request.n)]
@@ -81,8 +84,10 @@ class HFRollout:
                 strict=True,
             ):
                 seqs = [request.prompt_ids[p] for p in chunk]
+                vision = None if request.multi_modal is None else \
+                    concat_vision([request.multi_modal[p] for p in chunk])
                 try:
-                    tokens, logprobs = self._sample(model, seqs, request, device)
+                    tokens, logprobs = self._sample(model, seqs, request, device, vision)
                 except torch.OutOfMemoryError as e:
                     raise RolloutOutOfMemory.advise(len(seqs), request.max_new_tokens,
                                                     request.n, self.micro_batch_size) from e
@@ -99,6 +104,7 @@ class HFRollout:
         seqs: list[list[int]],
         request: RolloutRequest,
         device: torch.device,
+        vision: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
@@ -124,11 +130,16 @@ class HFRollout:
             pad_token_id=self.pad_token_id,
             use_cache=True,
         )
+        extra: dict[str, torch.Tensor] = {}
+        if vision is not None:  # pixel_values [patches, D], image_grid_thw [images, 3]
+            extra = {k: v.to(device) for k, v in vision.items()}
+            extra["mm_token_type_ids"] = (input_ids == self.image_token_id).int().to(device)
         out = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
             generation_config=gen_config,
             logits_processor=processors,
+            **extra,
         )
         generated = out[:, width:].cpu()  # [B, T_gen], padded after EOS
         logprobs = recorder.finish(generated[:, -1].to(device)).cpu()  # [B, T_gen]

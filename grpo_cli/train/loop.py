@@ -29,7 +29,15 @@ from grpo_cli.algo.losses import (
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.config.validate import response_caps, val_cap
 from grpo_cli.data.datasets import PromptSampler, PromptSet, build_prompts, load_rows
-from grpo_cli.models.load import eos_token_ids, load_causal_lm, load_tokenizer, resolve_model_path
+from grpo_cli.data.vision import concat_vision
+from grpo_cli.models.load import (
+    eos_token_ids,
+    load_causal_lm,
+    load_processor,
+    load_tokenizer,
+    resolve_model_path,
+    vision_token_id,
+)
 from grpo_cli.rewards.combine import combine_rewards
 from grpo_cli.rewards.loader import RewardFn, load_reward_fn, score_batch
 from grpo_cli.rewards.shaping import cap_at_step
@@ -52,6 +60,10 @@ class Batch:
     loss_mask: torch.Tensor  # [N, T] float, 1 on generated tokens that carry loss
     advantages: torch.Tensor  # [N]
     prompt_width: int  # P
+    # Vision-language models: each row's pixel_values / image_grid_thw, and the image
+    # placeholder id (positions are then the model's own 3-D rope, from the attention mask).
+    vision: list[dict[str, torch.Tensor]] | None = None
+    image_token_id: int | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -62,7 +74,8 @@ def seed_everything(seed: int) -> None:
 
 def make_batch(
     prompts: list[list[int]], completions: list[Completion], advantages: torch.Tensor,
-    pad_id: int, mask_truncated: bool,
+    pad_id: int, mask_truncated: bool, vision: list[dict[str, torch.Tensor]] | None = None,
+    image_token_id: int | None = None,
 ) -> Batch:
     """Pack prompt + completion pairs; ``prompts[i]`` is the prompt of ``completions[i]``."""
     n = len(completions)
@@ -79,20 +92,33 @@ def make_batch(
             loss_mask[i, : len(c.token_ids)] = 1.0
     position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
     return Batch(input_ids, attention, position_ids, input_ids[:, p_width:], loss_mask,
-                 advantages, p_width)
+                 advantages, p_width, vision, image_token_id)
 
 
 def forward_logprobs(
     model: Any, b: Batch, rows: slice, temperature: float, with_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [n, T] of the completion tokens (and their entropies) for rows of the batch."""
+    input_ids = b.input_ids[rows]
+    extra: dict[str, Any] = {"position_ids": b.position_ids[rows]}
+    if b.vision is not None:
+        extra = vision_kwargs(b.vision[rows], input_ids, b.image_token_id)
     logits = model(
-        input_ids=b.input_ids[rows], attention_mask=b.attention_mask[rows],
-        position_ids=b.position_ids[rows], use_cache=False,
+        input_ids=input_ids, attention_mask=b.attention_mask[rows], use_cache=False, **extra,
     ).logits[:, b.prompt_width - 1 : -1]  # [n, T, V]: position t predicts completion token t
     logp = gather_token_logprobs(logits, b.completion_ids[rows], temperature)
     entropy = token_entropy(logits.detach(), temperature) if with_entropy else None
     return logp, entropy
+
+
+def vision_kwargs(parts: list[dict[str, torch.Tensor]], input_ids: torch.Tensor,
+                  image_token_id: int | None) -> dict[str, Any]:
+    """Model inputs for the images of these rows; ``mm_token_type_ids`` (1 on image pads)
+    lets the model build Qwen2.5-VL's 3-D positions from the token ids."""
+    out: dict[str, Any] = dict(concat_vision(parts))
+    if image_token_id is not None:
+        out["mm_token_type_ids"] = (input_ids == image_token_id).int()
+    return out
 
 
 @torch.no_grad()
@@ -245,6 +271,7 @@ class Sampled:
     rewards: np.ndarray  # [N] final reward (task reward + length terms)
     correct: np.ndarray  # [N] float, NaN = unknown
     components: dict[str, np.ndarray]
+    vision: list[dict[str, torch.Tensor]] | None = None  # per completion (VL models)
 
 
 def sample_and_score(
@@ -252,9 +279,10 @@ def sample_and_score(
     reward_fn: RewardFn, tokenizer: Any, step: int,
 ) -> Sampled:
     """Sample ``n`` completions per prompt at ``cap``, decode them, and compute the reward."""
+    vision = [prompts.vision(i, cfg.data) for i in ids] if prompts.processor else None
     result = rollout.generate(RolloutRequest(
         [prompts.prompt_ids[i] for i in ids], n=n, max_new_tokens=cap,
-        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, multi_modal=vision,
     ))
     comps = result.completions
     owner = [ids[c.prompt_index] for c in comps]
@@ -274,7 +302,8 @@ def sample_and_score(
     rewards, added = combine_rewards(scores, lengths, truncated, cap, n, step, cfg.reward,
                                      cfg.length)
     return Sampled(owner, comps, texts, lengths, truncated, rewards, scores.correct,
-                   {**scores.components, **added})
+                   {**scores.components, **added},
+                   [vision[c.prompt_index] for c in comps] if vision is not None else None)
 
 
 def validation_metrics(
@@ -296,7 +325,8 @@ def validation_metrics(
     return {f"val/{k}": v for k, v in m.items()}
 
 
-def load_val_prompts(cfg: RunConfig, tokenizer: Any, d: eng.Dist) -> PromptSet | None:
+def load_val_prompts(cfg: RunConfig, tokenizer: Any, processor: Any,
+                     d: eng.Dist) -> PromptSet | None:
     if cfg.trainer.val_every <= 0:
         return None
     spec = cfg.data.val_files or cfg.data.train_files
@@ -305,7 +335,8 @@ def load_val_prompts(cfg: RunConfig, tokenizer: Any, d: eng.Dist) -> PromptSet |
     else:
         rows = load_rows(spec, cfg.data, seed=cfg.seed, key="data.val_files")
     k = max(d.world, cfg.val.num_prompts // d.world * d.world)
-    val = build_prompts(rows[: k * 2], cfg.data, tokenizer)  # spare rows for dropped prompts
+    val = build_prompts(rows[: k * 2], cfg.data, tokenizer, processor, spec,  # spare rows
+                        key="data.val_files" if cfg.data.val_files else "data.train_files")
     val.prompt_ids, val.rows, val.texts = val.prompt_ids[:k], val.rows[:k], val.texts[:k]
     return val
 
@@ -320,15 +351,20 @@ class Inputs:
     prompts: PromptSet
     val_prompts: PromptSet | None
     reward_fn: RewardFn
+    image_token_id: int | None  # set for vision-language models (chosen by the model config)
 
 
 def load_inputs(cfg: RunConfig, d: eng.Dist) -> Inputs:
     model_path = resolve_model_path(cfg.model.path)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    image_token = vision_token_id(model_path, cfg.model.trust_remote_code)
+    processor = load_processor(model_path, cfg.model.trust_remote_code) \
+        if image_token is not None else None
     reward_fn = load_reward_fn(cfg.reward.function, dict(cfg.reward.kwargs))
     prompts = build_prompts(load_rows(cfg.data.train_files, cfg.data, seed=cfg.seed), cfg.data,
-                            tokenizer)
-    return Inputs(model_path, tokenizer, prompts, load_val_prompts(cfg, tokenizer, d), reward_fn)
+                            tokenizer, processor, cfg.data.train_files)
+    return Inputs(model_path, tokenizer, prompts, load_val_prompts(cfg, tokenizer, processor, d),
+                  reward_fn, image_token)
 
 
 def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
@@ -338,7 +374,8 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
     # --- data and model -------------------------------------------------------------------
     model_path, tokenizer, reward_fn = inputs.model_path, inputs.tokenizer, inputs.reward_fn
     prompts, val_prompts = inputs.prompts, inputs.val_prompts
-    run.note(dropped_prompts=prompts.dropped, train_prompts=len(prompts.prompt_ids))
+    run.note(dropped_prompts=prompts.dropped, train_prompts=len(prompts.prompt_ids),
+             bad_rows=prompts.bad_rows)
     sampler = PromptSampler(len(prompts.prompt_ids), cfg.seed, cfg.data.shuffle)
     ds_cfg = eng.ds_config(cfg, d.world)
     hf_ds_ref = None
@@ -355,6 +392,7 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
     rollout = HFRollout(
         lambda: eng.gathered(policy, t.zero_stage), tokenizer.pad_token_id,
         eos_token_ids(tokenizer, model_path), micro_batch_size=r.micro_batch_size,
+        image_token_id=inputs.image_token_id,
     )
     schedule = [tuple(s) for s in cfg.length.schedule] if cfg.length.schedule else None
     hist_cap = max(response_caps(cfg))
@@ -394,7 +432,8 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
         advantages = group_advantages(torch.tensor(s.rewards, dtype=torch.float32), r.n,
                                       a.norm_adv_by_std, a.adv_eps, valid=valid)
         batch = make_batch([prompts.prompt_ids[i] for i in s.prompt_ids], s.completions,
-                           advantages, tokenizer.pad_token_id, a.mask_truncated)
+                           advantages, tokenizer.pad_token_id, a.mask_truncated, s.vision,
+                           inputs.image_token_id)
         rollout_s = time.perf_counter() - step_start
         train_start = time.perf_counter()
         ref_logp = None
