@@ -42,3 +42,15 @@ def grpo(runs_dir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 # Small but real: 2 prompts x 4 samples per step, short caps, no progress bar.
 TINY = ["trainer.prompts_per_step=2", "rollout.n=4", "trainer.micro_batch_size=4",
         "logger.progress=false", "data.toy_size=64", "val.num_prompts=4"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests need CUDA: without it they are skipped, with the reason shown."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

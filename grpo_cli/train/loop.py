@@ -26,6 +26,7 @@ from grpo_cli.algo.losses import (
     token_entropy,
     token_loss_weights,
 )
+from grpo_cli.config.loader import ConfigError
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.config.validate import response_caps, val_cap
 from grpo_cli.data.datasets import PromptSampler, PromptSet, build_prompts, load_rows
@@ -389,6 +390,9 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
     if a.kl_coef > 0:
         reference = eng.make_reference_engine(load_causal_lm(model_path, cfg.model), ds_cfg)
     del hf_ds_ref
+    if r.backend != "hf":  # never fall back silently: the numbers would be another engine's
+        raise ConfigError(f"rollout.backend={r.backend}: not implemented in this version; "
+                          "use rollout.backend=hf")
     rollout = HFRollout(
         lambda: eng.gathered(policy, t.zero_stage), tokenizer.pad_token_id,
         eos_token_ids(tokenizer, model_path), micro_batch_size=r.micro_batch_size,
