@@ -25,8 +25,9 @@ dr_grpo), reward, length, trainer, logger. Pick one with e.g. `algorithm=dapo`.
 \b
 Most used keys:
   max_len / data.max_response_length   response token cap (default 32 on the toy task)
-  model.path                           hub id, local HF dir, or `toy` (embedded default)
-  data.train_files                     JSONL / Parquet / hub id@split / toy:add
+  model.path                           hub id, local HF dir, `toy` (default) or `toy-vl`
+  data.train_files                     JSONL / Parquet / hub id@split / toy:add / toy:add-vl
+  data.image_key, data.on_bad_row      image column (VL models); fail | skip on bad images
   rollout.n, rollout.temperature       group size and sampling
   algorithm.loss_agg_mode              seq-mean-token-mean | token-mean | seq-mean-token-sum-norm
   algorithm.norm_adv_by_std, algorithm.kl_coef, algorithm.mask_truncated
@@ -38,6 +39,7 @@ Examples:
   grpo run                                  # the embedded toy task, ~1 minute on 2 CPU cores
   grpo run max_len=128 trainer.steps=20
   grpo run config=conf/experiment/toy_small_cap.yaml algorithm=dapo
+  grpo run config=conf/experiment/toy_vl.yaml        # vision-language toy (Qwen2.5-VL)
   grpo run --cfg job                        # print the composed config and exit
   grpo run resume=<run-id>                  # continue from its last complete checkpoint
 """
