@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean check-vllm-extra
 
 $(BIN)/grpo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check grpo_cli tests
+
+# The [vllm] extra must resolve together with this project's own requirements (GPU machines
+# install it; a resolver dry run checks it anywhere, downloading only metadata).
+check-vllm-extra: setup
+	$(BIN)/pip install --dry-run --ignore-installed --quiet '.[vllm]'
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -112,6 +113,15 @@ def run(
 
         typer.echo(OmegaConf.to_yaml(resolved), nl=False)
         return
+    from grpo_cli import launch
+
+    if launch.needs_launch(run_cfg.trainer, os.environ):  # this process only starts the ranks
+        from grpo_cli.telemetry.store import new_run_id
+
+        command = launch.launch_command(run_cfg.trainer, overrides,
+                                        run_cfg.resume or run_cfg.run_id or new_run_id())
+        typer.echo("launching: " + " ".join(command), err=True)
+        raise typer.Exit(launch.run_launcher(command))
     from grpo_cli.train.loop import train
 
     experiment = parse_args(overrides).experiment

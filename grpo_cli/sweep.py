@@ -11,6 +11,7 @@ report their status in ``arms/<index>.json`` so parallel arms never write the sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -29,6 +30,8 @@ from grpo_cli.config.loader import (
     parse_args,
     to_run_config,
 )
+from grpo_cli.config.schema import RunConfig
+from grpo_cli.launch import launch_command, needs_launch, run_launcher
 from grpo_cli.telemetry.store import atomic_write_text, read_metrics, runs_root
 
 SWEEP_FILE_KEYS = {"config", "params", "overrides", "launcher", "n_jobs"}
@@ -170,7 +173,12 @@ def _arm_task(cfg: DictConfig) -> str:
     try:
         run_cfg = to_run_config(plain)
         validate(run_cfg)
-        train(run_cfg, OmegaConf.structured(run_cfg))
+        if needs_launch(run_cfg.trainer, os.environ):  # several GPUs or nodes: start ranks
+            launch_arm(run_cfg, plain, sweep_dir / "arms" / f"{index:03d}.yaml")
+            if node_rank() != 0:  # the job's other nodes joined; the first one records
+                return "joined"
+        else:
+            train(run_cfg, OmegaConf.structured(run_cfg))
         record["status"] = "completed"
     except KeyboardInterrupt:
         record["status"] = "interrupted"
@@ -180,6 +188,39 @@ def _arm_task(cfg: DictConfig) -> str:
         record.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
     atomic_write_text(status_file, json.dumps(record))
     return str(record["status"])
+
+
+def node_rank() -> int:
+    """This node's index within a multi-node job (SLURM), 0 elsewhere."""
+    return int(os.environ.get("SLURM_NODEID", "0"))
+
+
+def job_head_node() -> str | None:
+    """The first host of the SLURM job this task runs in, as submitit sees it."""
+    try:
+        import submitit
+
+        return str(submitit.JobEnvironment().hostnames[0])
+    except (ImportError, RuntimeError, KeyError, IndexError):
+        return None
+
+
+def launch_arm(run_cfg: RunConfig, plain: DictConfig, arm_file: Path) -> None:
+    """Run one arm as `grpo run config=ARM.yaml` under the launcher (every node does this;
+    torchrun's rendezvous at the job's first node joins them)."""
+    atomic_write_text(arm_file, OmegaConf.to_yaml(plain))
+    args = [f"config={arm_file}"]
+    t = run_cfg.trainer
+    if t.nodes > 1 and t.hostfile is None and not t.master_addr:
+        head = job_head_node()
+        if head is None:
+            raise ConfigError(f"trainer.nodes={t.nodes}: set trainer.master_addr, or run the "
+                              "sweep with hydra/launcher=slurm")
+        args.append(f"trainer.master_addr={head}")
+        t = dataclasses.replace(t, master_addr=head)
+    code = run_launcher(launch_command(t, args, str(plain.run_id)))
+    if code != 0:
+        raise RuntimeError(f"the ranks exited with code {code} (see the arm's log)")
 
 
 def arm_threads(overrides: list[str], arms: int, cpus: int | None = None) -> int:

@@ -48,8 +48,9 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     micro_batch_size: int = 64  # sequences per generate call (hf backend)
-    gpu_memory_utilization: float = 0.5  # vllm only
-    tensor_parallel_size: int = 1  # vllm only
+    gpu_memory_utilization: float = 0.5  # vllm only: its share of each GPU
+    tensor_parallel_size: int = 1  # vllm only: ranks sharing one engine
+    sleep_level: int = 1  # vllm only: 0 stays awake, 1 offloads weights to CPU, 2 drops them
 
 
 @dataclass
@@ -120,6 +121,13 @@ class TrainerConfig:
     save_on_interrupt: bool = False  # SIGTERM/Ctrl-C: checkpoint the finished step, then stop
     val_every: int = 10  # 0 disables the validation probe
     num_threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+    # Ranks: `grpo run trainer.gpus=8` starts them itself through `launcher` (see launch.py).
+    gpus: int = 1  # ranks per node (one per GPU; CPU ranks when no GPU)
+    nodes: int = 1
+    launcher: str = "torchrun"  # torchrun | deepspeed
+    hostfile: str | None = None  # DeepSpeed hostfile ("host slots=N" lines): one command, all nodes
+    master_addr: str | None = None  # rendezvous host for nodes > 1 without a hostfile
+    master_port: int = 29500
 
 
 @dataclass

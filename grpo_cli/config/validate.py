@@ -28,14 +28,21 @@ def _choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, f"{key}={value}: allowed values are {', '.join(allowed)}")
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def world_size(cfg: RunConfig) -> int:
+    """The ranks this run will have: the launcher's WORLD_SIZE inside a rank, else the ranks
+    `grpo run` is about to start (trainer.gpus x trainer.nodes)."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return cfg.trainer.gpus * cfg.trainer.nodes
 
 
 def validate(cfg: RunConfig, world: int | None = None) -> None:
     """Fail fast on impossible combinations (group size, batch splits, caps vs context)."""
-    world = world_size() if world is None else world
+    from grpo_cli.launch import check as check_launch
+
+    world = world_size(cfg) if world is None else world
     d, r, a, t = cfg.data, cfg.rollout, cfg.algorithm, cfg.trainer
+    check_launch(t)
 
     _choice("rollout.backend", r.backend, BACKENDS)
     _choice("algorithm.loss_agg_mode", a.loss_agg_mode, LOSS_AGG_MODES)
@@ -58,6 +65,13 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     _require(r.temperature > 0, f"rollout.temperature={r.temperature}: must be > 0")
     _require(0 < r.top_p <= 1, f"rollout.top_p={r.top_p}: must be in (0, 1]")
     _require(r.micro_batch_size > 0, f"rollout.micro_batch_size={r.micro_batch_size}: must be > 0")
+    if r.backend == "vllm":
+        _require(0 < r.gpu_memory_utilization < 1, "rollout.gpu_memory_utilization="
+                 f"{r.gpu_memory_utilization}: must be in (0, 1); training needs the rest")
+        _require(r.sleep_level in (0, 1, 2), f"rollout.sleep_level={r.sleep_level}: allowed 0-2")
+        tp = r.tensor_parallel_size
+        _require(tp >= 1 and world % tp == 0, f"rollout.tensor_parallel_size={tp} must divide "
+                 f"the {world} ranks (one engine per {tp} consecutive ranks)")
     _require(t.steps >= 1, f"trainer.steps={t.steps}: must be >= 1")
     _require(t.lr > 0, f"trainer.lr={t.lr}: must be > 0")
     _require(t.max_bad_steps >= 0, f"trainer.max_bad_steps={t.max_bad_steps}: must be >= 0")

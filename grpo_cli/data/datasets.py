@@ -105,17 +105,30 @@ class PromptSet:
     processor: Any = None
     base_dir: Path | None = None
 
+    def _messages(self, index: int, data: DataConfig) -> list[dict[str, Any]]:
+        from grpo_cli.data.vision import row_images, vision_messages
+
+        row = self.rows[index]
+        return vision_messages(prompt_text(row, data, index),
+                               row_images(row, data.image_key, self.base_dir),
+                               data.min_pixels, data.max_pixels)
+
     def vision(self, index: int, data: DataConfig) -> dict[str, Any]:
         """``pixel_values`` / ``image_grid_thw`` of prompt ``index`` ({} for text prompts)."""
         if self.processor is None:
             return {}
-        from grpo_cli.data.vision import image_inputs, row_images, vision_messages
+        from grpo_cli.data.vision import image_inputs
 
-        row = self.rows[index]
-        messages = vision_messages(prompt_text(row, data, index),
-                                   row_images(row, data.image_key, self.base_dir),
-                                   data.min_pixels, data.max_pixels)
-        return image_inputs(self.processor, messages)
+        return image_inputs(self.processor, self._messages(index, data))
+
+    def images(self, index: int, data: DataConfig) -> list[Any]:
+        """Prompt ``index``'s images as PIL, resized as for :meth:`vision` (what vLLM takes)."""
+        if self.processor is None:
+            return []
+        from qwen_vl_utils import process_vision_info
+
+        images, _ = process_vision_info(self._messages(index, data))
+        return list(images or [])
 
 
 def prompt_text(row: dict[str, Any], data: DataConfig, index: int) -> str:

@@ -28,6 +28,17 @@ class RolloutOutOfMemory(RuntimeError):
             "the model with trainer.zero_stage=3"
         )
 
+    @classmethod
+    def advise_vllm(cls, sequences: int, max_new_tokens: int, n: int,
+                    gpu_memory_utilization: float) -> RolloutOutOfMemory:
+        return cls(
+            f"out of memory while sampling {sequences} sequences of up to {max_new_tokens} new "
+            f"tokens with vLLM; lower data.max_response_length (now {max_new_tokens}) or "
+            f"rollout.n (now {n}), change rollout.gpu_memory_utilization (now "
+            f"{gpu_memory_utilization}: vLLM's share of the GPU, the rest is training's), or "
+            "raise rollout.tensor_parallel_size"
+        )
+
 
 @dataclass
 class Completion:
@@ -54,8 +65,11 @@ class RolloutRequest:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
-    # Per-prompt processor outputs for vision-language models (pixel_values, image_grid_thw).
+    # Per-prompt processor outputs for vision-language models (pixel_values, image_grid_thw):
+    # what the hf backend feeds `generate`.
     multi_modal: list[dict[str, Any]] | None = None
+    # Per-prompt images (PIL, resized exactly as for `multi_modal`): what vLLM takes instead.
+    images: list[list[Any]] | None = None
 
 
 @dataclass

@@ -26,7 +26,6 @@ from grpo_cli.algo.losses import (
     token_entropy,
     token_loss_weights,
 )
-from grpo_cli.config.loader import ConfigError
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.config.validate import response_caps, val_cap
 from grpo_cli.data.datasets import PromptSampler, PromptSet, build_prompts, load_rows
@@ -42,7 +41,7 @@ from grpo_cli.models.load import (
 from grpo_cli.rewards.combine import combine_rewards
 from grpo_cli.rewards.loader import RewardFn, load_reward_fn, score_batch
 from grpo_cli.rewards.shaping import cap_at_step
-from grpo_cli.rollout.base import Completion, RolloutRequest
+from grpo_cli.rollout.base import Completion, RolloutBackend, RolloutRequest
 from grpo_cli.rollout.hf import HFRollout
 from grpo_cli.telemetry.length_metrics import length_histogram, step_length_metrics
 from grpo_cli.telemetry.run import RunHandle, open_run
@@ -65,6 +64,10 @@ class Batch:
     # placeholder id (positions are then the model's own 3-D rope, from the attention mask).
     vision: list[dict[str, torch.Tensor]] | None = None
     image_token_id: int | None = None
+    # Log-probs the sampler reported [N, T] (0 after a completion's end) and where tokens are
+    # [N, T]: compared with the training forward pass to expose engine mismatch.
+    sampling_logprobs: torch.Tensor | None = None
+    token_mask: torch.Tensor | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -85,15 +88,19 @@ def make_batch(
     input_ids = torch.full((n, p_width + t_width), pad_id, dtype=torch.long)
     attention = torch.zeros((n, p_width + t_width), dtype=torch.long)
     loss_mask = torch.zeros((n, t_width), dtype=torch.float32)
+    token_mask = torch.zeros((n, t_width), dtype=torch.float32)
+    sampling = torch.zeros((n, t_width), dtype=torch.float32)
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         input_ids[i, p_width - len(p) : p_width] = torch.tensor(p)
         input_ids[i, p_width : p_width + len(c.token_ids)] = torch.tensor(c.token_ids)
         attention[i, p_width - len(p) : p_width + len(c.token_ids)] = 1
+        token_mask[i, : len(c.token_ids)] = 1.0
+        sampling[i, : len(c.logprobs)] = torch.tensor(c.logprobs)
         if not (mask_truncated and c.truncated):
             loss_mask[i, : len(c.token_ids)] = 1.0
     position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
     return Batch(input_ids, attention, position_ids, input_ids[:, p_width:], loss_mask,
-                 advantages, p_width, vision, image_token_id)
+                 advantages, p_width, vision, image_token_id, sampling, token_mask)
 
 
 def forward_logprobs(
@@ -139,7 +146,8 @@ def train_on_batch(
     old_logp = logprobs_no_grad(policy, b, t.micro_batch_size, temp) if t.updates_per_batch > 1 \
         else None
     per_update = n // t.updates_per_batch
-    sums = dict(loss=0.0, entropy=0.0, kl=0.0, clipped=0.0, tokens=0.0)
+    sums = dict(loss=0.0, entropy=0.0, kl=0.0, clipped=0.0, tokens=0.0, lp_diff=0.0,
+                lp_tokens=0.0)
     grad_norms: list[float] = []
     skipped = 0  # updates dropped for non-finite gradients
     for u in range(t.updates_per_batch):
@@ -152,6 +160,12 @@ def train_on_batch(
             mask = b.loss_mask[rows].to(d.device)
             logp, entropy = forward_logprobs(policy, b, rows, temp, with_entropy=True)
             old = logp.detach() if old_logp is None else old_logp[rows].to(d.device)
+            if u == 0 and b.sampling_logprobs is not None and b.token_mask is not None:
+                # sampler vs trainer on the same weights: ~0 for hf in fp32, small for vLLM
+                tokens_here = b.token_mask[rows].to(d.device)
+                sampled = b.sampling_logprobs[rows].to(d.device)
+                sums["lp_diff"] += float(((logp.detach() - sampled).abs() * tokens_here).sum())
+                sums["lp_tokens"] += float(tokens_here.sum())
             token_loss, clipped = policy_gradient_loss(
                 logp, old, b.advantages[rows].to(d.device), a.clip_ratio_low, a.clip_ratio_high
             )
@@ -183,6 +197,8 @@ def train_on_batch(
         "loss/pg": totals["loss"] / t.updates_per_batch,
         "policy/entropy": totals["entropy"] / tokens,
         "policy/clip_frac": totals["clipped"] / tokens,
+        # mean |log p_sampler - log p_trainer| per generated token, before the first update
+        "rollout/logprob_diff": totals["lp_diff"] / max(totals["lp_tokens"], 1.0),
         "train/skipped_updates": float(skipped),
     }
     if ref_logp is not None:
@@ -276,14 +292,19 @@ class Sampled:
 
 
 def sample_and_score(
-    rollout: HFRollout, prompts: PromptSet, ids: list[int], cap: int, n: int, cfg: RunConfig,
-    reward_fn: RewardFn, tokenizer: Any, step: int,
+    rollout: RolloutBackend, prompts: PromptSet, ids: list[int], cap: int, n: int,
+    cfg: RunConfig, reward_fn: RewardFn, tokenizer: Any, step: int, seed: int,
 ) -> Sampled:
-    """Sample ``n`` completions per prompt at ``cap``, decode them, and compute the reward."""
+    """Sample ``n`` completions per prompt at ``cap``, decode them, and compute the reward.
+    ``seed`` also seeded torch's generator (the hf backend draws from it; vLLM takes seeds)."""
+    torch.manual_seed(seed)
     vision = [prompts.vision(i, cfg.data) for i in ids] if prompts.processor else None
+    images = [prompts.images(i, cfg.data) for i in ids] \
+        if prompts.processor and cfg.rollout.backend == "vllm" else None
     result = rollout.generate(RolloutRequest(
         [prompts.prompt_ids[i] for i in ids], n=n, max_new_tokens=cap,
-        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, multi_modal=vision,
+        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=seed,
+        multi_modal=vision, images=images,
     ))
     comps = result.completions
     owner = [ids[c.prompt_index] for c in comps]
@@ -308,14 +329,14 @@ def sample_and_score(
 
 
 def validation_metrics(
-    rollout: HFRollout, val: PromptSet, cap: int, cfg: RunConfig, reward_fn: RewardFn,
+    rollout: RolloutBackend, val: PromptSet, cap: int, cfg: RunConfig, reward_fn: RewardFn,
     tokenizer: Any, step: int, d: eng.Dist,
 ) -> dict[str, float]:
     """The natural-length probe: the same held-out prompts every time, at a generous cap."""
     per_rank = len(val.prompt_ids) // d.world
     ids = list(range(d.rank * per_rank, (d.rank + 1) * per_rank))
-    torch.manual_seed(cfg.seed * 7_919 + d.rank)  # the same draws at every probe
-    s = sample_and_score(rollout, val, ids, cap, cfg.val.n, cfg, reward_fn, tokenizer, step)
+    s = sample_and_score(rollout, val, ids, cap, cfg.val.n, cfg, reward_fn, tokenizer, step,
+                         seed=cfg.seed * 7_919 + d.rank)  # the same draws at every probe
     cols = gather_columns({"length": s.lengths, "truncated": s.truncated,
                            "reward": s.rewards, "correct": s.correct}, d)
     groups = np.arange(len(cols["length"])) // cfg.val.n
@@ -368,6 +389,32 @@ def load_inputs(cfg: RunConfig, d: eng.Dist) -> Inputs:
                   reward_fn, image_token)
 
 
+def make_rollout(cfg: RunConfig, policy: Any, inputs: Inputs, d: eng.Dist) -> RolloutBackend:
+    """The sampling engine the config names; never a silent fallback to another one."""
+    r, t = cfg.rollout, cfg.trainer
+    eos = eos_token_ids(inputs.tokenizer, inputs.model_path)
+    if r.backend == "hf":
+        return HFRollout(lambda: eng.gathered(policy, t.zero_stage),
+                         inputs.tokenizer.pad_token_id, eos, micro_batch_size=r.micro_batch_size,
+                         image_token_id=inputs.image_token_id)
+    from grpo_cli.rollout.vllm import VLLMRollout
+    from grpo_cli.train.weights import checkpoint_names, iter_full_params, weights_version
+
+    names = checkpoint_names(policy.module)
+    sizes = {k: v for k, v in (("min_pixels", cfg.data.min_pixels),
+                               ("max_pixels", cfg.data.max_pixels)) if v}
+    longest = cfg.data.max_prompt_length + max([*response_caps(cfg), val_cap(cfg)])
+    return VLLMRollout.create(
+        inputs.model_path, cfg.model.dtype, longest, cfg.seed,
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        tensor_parallel_size=r.tensor_parallel_size, sleep_level=r.sleep_level,
+        world=d.world, rank=d.rank, eos_token_ids=eos,
+        weights=lambda: iter_full_params(policy.module, t.zero_stage, names),
+        weights_version=lambda: weights_version(policy),
+        image_token_id=inputs.image_token_id, mm_processor_kwargs=sizes or None,
+    )
+
+
 def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
            inputs: Inputs) -> None:
     t, r, a = cfg.trainer, cfg.rollout, cfg.algorithm
@@ -390,14 +437,7 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
     if a.kl_coef > 0:
         reference = eng.make_reference_engine(load_causal_lm(model_path, cfg.model), ds_cfg)
     del hf_ds_ref
-    if r.backend != "hf":  # never fall back silently: the numbers would be another engine's
-        raise ConfigError(f"rollout.backend={r.backend}: not implemented in this version; "
-                          "use rollout.backend=hf")
-    rollout = HFRollout(
-        lambda: eng.gathered(policy, t.zero_stage), tokenizer.pad_token_id,
-        eos_token_ids(tokenizer, model_path), micro_batch_size=r.micro_batch_size,
-        image_token_id=inputs.image_token_id,
-    )
+    rollout = make_rollout(cfg, policy, inputs, d)
     schedule = [tuple(s) for s in cfg.length.schedule] if cfg.length.schedule else None
     hist_cap = max(response_caps(cfg))
     probe_cap = val_cap(cfg)
@@ -420,16 +460,14 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
         val_metrics: dict[str, float] = {}
         if val_prompts is not None and (step % t.val_every == 0 or step == t.steps - 1):
             # the policy before this step's update; the last step too, to see where it ended
-            torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + 500_009 + d.rank)
             val_metrics = validation_metrics(rollout, val_prompts, probe_cap, cfg, reward_fn,
                                              tokenizer, step, d)
         step_start = time.perf_counter()
         cap = cap_at_step(schedule, step, cfg.data.max_response_length, cfg.length.schedule_mode)
         global_ids = sampler.next(t.prompts_per_step)
         local_ids = global_ids[d.rank * per_rank : (d.rank + 1) * per_rank]
-        torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + d.rank)
         s = sample_and_score(rollout, prompts, local_ids, cap, r.n, cfg, reward_fn, tokenizer,
-                             step)
+                             step, seed=cfg.seed * 1_000_003 + step * 1_009 + d.rank)
 
         # --- advantages (a prompt's group lives on one rank) and the update --------------
         valid = torch.as_tensor(~s.truncated) if a.mask_truncated_in_adv else None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from grpo_cli.rollout import vllm_available
 from tests.conftest import REPO, cli_env
 
 GPU_RECIPES = ["geo3k_qwen2_5_vl_3b", "geo3k_qwen2_5_vl_7b", "math12k_qwen2_5_1_5b"]
@@ -38,12 +39,14 @@ def test_recipe_runs_two_steps(name: str, runs_dir: Path) -> None:
         if not _cached(repo_id, kind):
             pytest.skip(f"{kind} {repo_id} is not in the local Hugging Face cache")
     gpus = torch.cuda.device_count()
+    if recipe.rollout.backend == "vllm" and not vllm_available():
+        pytest.skip("the recipe samples with vLLM: pip install 'grpo-cli[vllm]'")
+    tp = min(int(recipe.rollout.tensor_parallel_size), gpus)
     res = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}",
-         "-m", "grpo_cli", "run", f"config=conf/experiment/{name}.yaml", "trainer.steps=2",
-         f"trainer.prompts_per_step={gpus}", "trainer.updates_per_batch=1",
-         "trainer.val_every=0", "logger.progress=false",
-         "rollout.backend=hf"],  # until the vLLM backend lands (the scale-out issue)
+        [sys.executable, "-m", "grpo_cli", "run", f"config=conf/experiment/{name}.yaml",
+         f"trainer.gpus={gpus}", "trainer.steps=2", f"trainer.prompts_per_step={gpus}",
+         "trainer.updates_per_batch=1", "trainer.val_every=0", "logger.progress=false",
+         f"rollout.tensor_parallel_size={tp}"],
         cwd=REPO, env=cli_env(runs_dir) | {"HF_HUB_OFFLINE": "1"}, capture_output=True,
         text=True, timeout=3600)
     assert res.returncode == 0, res.stderr[-4000:]

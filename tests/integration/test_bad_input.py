@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from grpo_cli.rollout import vllm_available
 from tests.conftest import TINY
 
 QUICK = [*TINY, "trainer.steps=1", "logger.wandb.mode=disabled"]
@@ -48,6 +49,14 @@ CASES = [
     (["run", *QUICK, "reward.function={d}/wrongtype.py:fn"], "reward 'overall' is str"),
     (["run", *QUICK, "reward.function={d}/short.py:fn"], "must return a list of 8 scores, got 1"),
     (["run", *QUICK, "reward.function={d}/nooverall.py:fn"], "has no 'overall' key"),
+    # (where vLLM can run, this is a real run, not bad input)
+    *([] if vllm_available() else [(["run", "rollout=vllm"],
+                                    "rollout.backend=vllm needs `pip install grpo-cli[vllm]`")]),
+    (["run", "rollout=vllm", "rollout.tensor_parallel_size=3"],
+     "rollout.tensor_parallel_size=3 must divide the 1 ranks"),
+    (["run", "trainer.nodes=2"], "trainer.nodes=2 with torchrun needs trainer.master_addr"),
+    (["run", "trainer.launcher=deepspeed", "trainer.hostfile={d}/nohosts"],
+     "trainer.hostfile={d}/nohosts: no such file"),
     (["run", "resume=nope"], "resume=nope: no run with that id"),
     (["run", "resume=../etc"], "invalid run id"),
     (["report", "no-such-run"], "no run or sweep 'no-such-run'"),

@@ -91,23 +91,30 @@ def test_reward_that_raises_stops_the_run_and_marks_it_failed(grpo, runs_dir, tm
     assert json.loads((run / "meta.json").read_text())["status"] == "failed"
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_two_cpu_ranks_with_torchrun(runs_dir: Path, zero_stage: int) -> None:
-    """Two gloo ranks: prompts split across ranks, metrics over the gathered global batch."""
+@pytest.mark.parametrize(("zero_stage", "self_launched"), [(2, True), (3, False)])
+def test_two_cpu_ranks(runs_dir: Path, zero_stage: int, self_launched: bool) -> None:
+    """Two gloo ranks: prompts split across ranks, metrics over the gathered global batch.
+    Started by `grpo run trainer.gpus=2` itself (through torchrun), or by torchrun directly."""
     steps, prompts, n = 2, 4, 4
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--standalone", "-m", "grpo_cli", "run", *TINY,
-           f"trainer.prompts_per_step={prompts}", f"trainer.steps={steps}", "max_len=24",
-           f"trainer.zero_stage={zero_stage}", "algorithm.kl_coef=0.01"]
+    args = [*TINY, f"trainer.prompts_per_step={prompts}", f"trainer.steps={steps}", "max_len=24",
+            f"trainer.zero_stage={zero_stage}", "algorithm.kl_coef=0.01"]
+    cmd = [sys.executable, "-m", "grpo_cli", "run", "trainer.gpus=2", *args] if self_launched \
+        else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+              "--standalone", "-m", "grpo_cli", "run", *args]
     env = cli_env(runs_dir)
     env["OMP_NUM_THREADS"] = "1"
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     (run,) = [p for p in runs_dir.iterdir() if p.is_dir()]
     assert json.loads((run / "meta.json").read_text())["world_size"] == 2
+    if self_launched:
+        assert "launching: " in res.stderr and "--nproc_per_node=2" in res.stderr
+        assert res.stdout.split()[-1] == run.name  # the id the launcher gave every rank
     metrics = read_metrics(run)
     assert [m["step"] for m in metrics] == list(range(steps))
     assert all("policy/kl" in m for m in metrics)
+    # the sampler's log-probs are the trainer's (fp32, same weights, gathered under ZeRO-3)
+    assert all(m["rollout/logprob_diff"] < 1e-3 for m in metrics)
     rollouts = read_rollouts(run)
     assert len(rollouts) == steps * prompts * n  # both ranks' completions, once each
     assert os.path.isdir(run / "wandb")

@@ -118,3 +118,40 @@ def test_submitit_local_launcher_runs_an_arm(grpo, runs_dir: Path) -> None:
     (arm,) = manifest(runs_dir)["arms"]
     assert arm["status"] == "completed"
     assert len(read_metrics(runs_dir / arm["run_id"])) == 2
+
+
+def test_slurm_launcher_submits_one_multi_gpu_job_per_arm(runs_dir: Path, tmp_path: Path) -> None:
+    """`hydra/launcher=slurm`: Hydra's submitit launcher writes one sbatch array, one task
+    per arm, each with trainer.nodes nodes of trainer.gpus GPUs. There is no SLURM here:
+    `sbatch` is a stand-in on PATH that keeps the script it is given and refuses to submit
+    (and `srun` one that submitit looks for), so everything up to the submission is the real
+    Hydra and submitit."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    bin_dir, kept = tmp_path / "bin", tmp_path / "kept"
+    bin_dir.mkdir()
+    kept.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text(f'#!/bin/sh\ncp "$1" {kept}/\necho "sbatch: stand-in, not submitted" >&2\n'
+                      "exit 1\n")
+    sbatch.chmod(0o755)
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks it exists
+    (bin_dir / "srun").chmod(0o755)
+    env = cli_env(runs_dir)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    res = subprocess.run(
+        [sys.executable, "-m", "grpo_cli", "sweep", "max_len=1024,2048",
+         "config=conf/experiment/geo3k_qwen2_5_vl_7b.yaml", "rollout.backend=hf",
+         "trainer.nodes=2", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0  # nothing was submitted
+    (script,) = [p.read_text() for p in kept.iterdir()]
+    header = {line for line in script.splitlines() if line.startswith("#SBATCH")}
+    assert {"#SBATCH --nodes=2", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=1",
+            "#SBATCH --partition=gpu", "#SBATCH --cpus-per-task=64", "#SBATCH --mem=480GB",
+            "#SBATCH --time=2880"} <= header, sorted(header)
+    assert "#SBATCH --array=0-1%2" in header  # the two arms, one job each
+    assert "srun" in script and "submitit.core._submit" in script

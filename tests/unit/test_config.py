@@ -31,22 +31,27 @@ def experiments() -> list[Path]:
 
 
 @pytest.mark.parametrize(("group", "option"), group_options())
-def test_every_group_option_composes_and_validates(group: str, option: str) -> None:
+def test_every_group_option_composes_and_validates(group: str, option: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # vLLM needs a GPU: its presence is the one thing assumed here, every other check runs.
+    monkeypatch.setattr("grpo_cli.rollout.vllm_available", lambda: True)
     cfg, resolved = load_run_config([f"{group}={option}"])
     assert resolved[group] is not None
 
 
 @pytest.mark.parametrize("path", experiments(), ids=lambda p: p.stem)
-def test_every_experiment_composes_and_validates(path: Path) -> None:
+def test_every_experiment_composes_and_validates(path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and f"config=conf/experiment/{path.name}" in first, (
         f"{path.name} must open with the command that runs it")
     raw = compose([f"config={path}"])
     assert raw.data.max_response_length > 0
-    # Validate with the experiment's own world size (`--nproc_per_node=N` in its command);
-    # vLLM availability is the one check that needs a GPU, so rollouts are swapped to hf here.
-    world = int(first.split("--nproc_per_node=")[1].split()[0]) if "nproc_per_node" in first else 1
-    validate(to_run_config(compose([f"config={path}", "rollout.backend=hf"])), world=world)
+    # Validate with the experiment's own ranks (trainer.gpus x trainer.nodes); vLLM's presence
+    # is the one check that needs a GPU, so it is assumed here and every other check runs.
+    monkeypatch.setattr("grpo_cli.rollout.vllm_available", lambda: True)
+    cfg = to_run_config(raw)
+    validate(cfg, world=cfg.trainer.gpus * cfg.trainer.nodes)
 
 
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
