@@ -155,3 +155,18 @@ def test_slurm_launcher_submits_one_multi_gpu_job_per_arm(runs_dir: Path, tmp_pa
             "#SBATCH --time=2880"} <= header, sorted(header)
     assert "#SBATCH --array=0-1%2" in header  # the two arms, one job each
     assert "srun" in script and "submitit.core._submit" in script
+
+
+def test_a_multi_rank_arm_starts_its_ranks_through_the_launcher(grpo, runs_dir: Path) -> None:
+    """An arm with trainer.gpus=2 runs `grpo run config=<arm>.yaml` under torchrun (2 CPU
+    ranks here): the run has both ranks, belongs to the sweep, and the arm is recorded."""
+    res = grpo("sweep", "max_len=16", *SHORT, "logger.wandb.mode=disabled", "trainer.gpus=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (arm,) = manifest(runs_dir)["arms"]
+    assert arm["status"] == "completed"
+    run = runs_dir / arm["run_id"]
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["sweep_id"] == run.name.rsplit("-", 1)[0]
+    assert len(read_metrics(run)) == 2
+    arm_file = runs_dir / "sweeps" / meta["sweep_id"] / "arms" / "000.yaml"
+    assert yaml.safe_load(arm_file.read_text())["data"]["max_response_length"] == 16
