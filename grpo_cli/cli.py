@@ -30,9 +30,11 @@ Most used keys:
   data.train_files                     JSONL / Parquet / hub id@split / toy:add / toy:add-vl
   data.image_key, data.on_bad_row      image column (VL models); fail | skip on bad images
   rollout.n, rollout.temperature       group size and sampling
+  rollout=vllm                         sample with a colocated vLLM engine (GPU, [vllm] extra)
   algorithm.loss_agg_mode              seq-mean-token-mean | token-mean | seq-mean-token-sum-norm
   algorithm.norm_adv_by_std, algorithm.kl_coef, algorithm.mask_truncated
   trainer.steps, trainer.prompts_per_step, trainer.lr, trainer.zero_stage, seed
+  trainer.gpus, trainer.nodes          ranks per node and nodes; `grpo run` starts them
   logger.wandb.mode                    offline (default) | online | disabled
 
 \b
@@ -43,6 +45,7 @@ Examples:
   grpo run config=conf/experiment/toy_vl.yaml        # vision-language toy (Qwen2.5-VL)
   grpo run --cfg job                        # print the composed config and exit
   grpo run resume=<run-id>                  # continue from its last complete checkpoint
+  grpo run config=conf/experiment/geo3k_qwen2_5_vl_7b.yaml   # 8 GPUs, see docs/scaling.md
 """
 
 app = typer.Typer(
