@@ -118,6 +118,18 @@ def tp_groups(world: int, tp: int) -> list[list[int]]:
     return [list(range(g * tp, (g + 1) * tp)) for g in range(world // tp)]
 
 
+def make_tp_group(world: int, rank: int, tp: int) -> Any:
+    """This rank's process group of engine peers (None without tensor parallelism). Every
+    rank creates every group, in the same order, as torch.distributed requires."""
+    groups = tp_groups(world, tp)
+    if tp == 1:
+        return None
+    import torch.distributed as dist
+
+    handles = [dist.new_group(ranks) for ranks in groups]
+    return next(h for h, ranks in zip(handles, groups, strict=True) if rank in ranks)
+
+
 class VLLMRollout:
     """Implements :class:`~grpo_cli.rollout.base.RolloutBackend` with a colocated vLLM engine."""
 
@@ -152,15 +164,10 @@ class VLLMRollout:
                gpu_memory_utilization: float, tensor_parallel_size: int, sleep_level: int,
                world: int, rank: int, **kwargs: Any) -> VLLMRollout:
         """Start the engine inside this training process (needs a GPU and the vllm extra)."""
-        import torch.distributed as dist
         from vllm import LLM
 
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process worker
-        groups = tp_groups(world, tensor_parallel_size)
-        tp_group = None
-        if tensor_parallel_size > 1:  # every rank must create every group, in order
-            tp_group = [g for g, ranks in zip(
-                [dist.new_group(r) for r in groups], groups, strict=True) if rank in ranks][0]
+        tp_group = make_tp_group(world, rank, tensor_parallel_size)
         llm = LLM(
             model=model_path,
             dtype=dtype,

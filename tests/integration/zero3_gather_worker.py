@@ -40,6 +40,8 @@ def main(model_dir: str, out: str) -> None:
     json.dump({"names": seen, "equal": bool(equal), "most_gathered": most_gathered,
                "gathered_after": int(after), "local": local, "total": total,
                "saved": sorted(saved)}, open(f"{out}.{d.rank}.json", "w"))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()  # tear gloo down before exit
 
 
 if __name__ == "__main__":

@@ -183,6 +183,7 @@ class RecordingLLM:
         self.calls: list[str] = []
         self.loaded: list[tuple[str, torch.Tensor]] = []
         self.params: list[Any] = []
+        self.prompts: list[dict] = []
 
     def sleep(self, level: int) -> None:
         self.calls.append(f"sleep{level}")
@@ -201,10 +202,12 @@ class RecordingLLM:
 
     def generate(self, prompts: list[dict], params: list[Any], use_tqdm: bool) -> list[Any]:
         self.calls.append("generate")
-        self.params = params
-        return [request_output(i, [completion(j, [EOS], [-0.5], "stop")
+        self.prompts, self.params = prompts, params
+        # each completion echoes its prompt's second token, so outputs can be told apart
+        return [request_output(i, [completion(j, [prompt["prompt_token_ids"][1], EOS],
+                                              [-0.5, -0.1], "stop")
                                    for j in range(p.kwargs["n"])])
-                for i, p in enumerate(params)]
+                for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
 
 
 class StandInSamplingParams:  # vllm.SamplingParams: keeps its keyword arguments
