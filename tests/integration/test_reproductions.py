@@ -69,12 +69,13 @@ def cap_by_loss_mode(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int
 
 
 def test_small_cap_makes_the_policy_short_and_a_large_cap_does_not(cap_by_loss_mode) -> None:
-    """The seed's effect. Seeds 0/1/2, mean over the first -> last 10 steps:
-    cap 32: length 23.9->14.8, 23.0->13.0, 23.8->11.0 (-38%, -44%, -54%); clip ratio
-    0.54->0.14, 0.46->0.13, 0.53->0.06; natural length (val/length/mean at cap 128, first ->
-    last step) 46->12, 34->14, 50->11.
-    cap 160: length 47.5->44.6, 40.6->46.3, 46.9->46.2 (-6%, +14%, -2%), clip 0; natural
-    length 46->45, 34->35, 50->45; reward 0.62->0.77, 0.64->0.73, 0.61->0.76."""
+    """The seed's effect. Seeds 0/1/2 (versions of constraints.txt), mean over the first ->
+    last 10 steps:
+    cap 32: length 23.9->15.8, 23.0->12.8, 23.8->10.9 (-34%, -44%, -54%); clip ratio
+    0.54->0.17, 0.46->0.13, 0.53->0.05; natural length (val/length/mean at cap 128, first ->
+    last step) 46->12, 34->13, 50->11.
+    cap 160: length 47.5->44.8, 40.6->45.1, 46.9->46.1 (-6%, +11%, -2%), clip 0; natural
+    length 46->45, 34->35, 50->46; reward 0.62->0.77, 0.64->0.69, 0.61->0.72."""
     small = cap_by_loss_mode[(32, "seq-mean-token-mean")]
     large = cap_by_loss_mode[(160, "seq-mean-token-mean")]
 
@@ -97,10 +98,10 @@ def test_small_cap_makes_the_policy_short_and_a_large_cap_does_not(cap_by_loss_m
 
 def test_overlong_filtering_keeps_the_natural_length_at_the_small_cap(tmp_path_factory) -> None:
     """A remedy: overlong filtering (no loss and no group statistics for truncated answers).
-    Natural length (val/length/mean at cap 128), step 0 -> 50, seeds 0/1/2: plain GRPO
-    44->12, 34->17, 50->13; filtered 46->53, 34->43, 50->51. Clip ratio over the last 10
-    steps: plain 0.16, 0.13, 0.06; filtered 0.62, 0.72, 0.71. Masking only the loss
-    (mask_truncated alone) collapses like plain GRPO (seed 0: 44->12)."""
+    Natural length (val/length/mean at cap 128), first -> last step, seeds 0/1/2: plain GRPO
+    46->12, 34->13, 50->11; filtered 46->50, 34->42, 50->51. Clip ratio over the last 10
+    steps: plain 0.17, 0.13, 0.05; filtered 0.62, 0.72, 0.71. Masking only the loss
+    (mask_truncated alone) collapsed like plain GRPO when last measured (seed 0: 44->12)."""
     plain, filtered = (a.metrics for a in run_sweep(tmp_path_factory, "toy_overlong_filter.yaml"))
     val_plain = [m["val/length/mean"] for m in plain if "val/length/mean" in m]
     val_filtered = [m["val/length/mean"] for m in filtered if "val/length/mean" in m]
