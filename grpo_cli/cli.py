@@ -130,7 +130,8 @@ def run(
     experiment = parse_args(overrides).experiment
     text = experiment.read_text() if experiment else None
     run_id = _guard(lambda: train(run_cfg, resolved, text), debug)
-    typer.echo(run_id)
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not one per rank
+        typer.echo(run_id)
 
 
 SWEEP_HELP = """Launch one `grpo run` per combination through Hydra's multirun launchers.
