@@ -113,22 +113,23 @@ class PromptSet:
                                row_images(row, data.image_key, self.base_dir),
                                data.min_pixels, data.max_pixels)
 
-    def vision(self, index: int, data: DataConfig) -> dict[str, Any]:
-        """``pixel_values`` / ``image_grid_thw`` of prompt ``index`` ({} for text prompts)."""
-        if self.processor is None:
-            return {}
-        from grpo_cli.data.vision import image_inputs
-
-        return image_inputs(self.processor, self._messages(index, data))
-
     def images(self, index: int, data: DataConfig) -> list[Any]:
-        """Prompt ``index``'s images as PIL, resized as for :meth:`vision` (what vLLM takes)."""
+        """Prompt ``index``'s images as PIL, resized within data.min/max_pixels ([] for text
+        prompts): what vLLM takes, and what :meth:`vision` turns into tensors."""
         if self.processor is None:
             return []
         from qwen_vl_utils import process_vision_info
 
         images, _ = process_vision_info(self._messages(index, data))
         return list(images or [])
+
+    def vision(self, index: int, data: DataConfig) -> dict[str, Any]:
+        """``pixel_values`` / ``image_grid_thw`` of prompt ``index`` ({} for text prompts)."""
+        if self.processor is None:
+            return {}
+        from grpo_cli.data.vision import image_inputs
+
+        return image_inputs(self.processor, self.images(index, data))
 
 
 def prompt_text(row: dict[str, Any], data: DataConfig, index: int) -> str:

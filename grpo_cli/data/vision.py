@@ -125,12 +125,10 @@ def concat_vision(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return out
 
 
-def image_inputs(processor: Any, messages: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Only the vision tensors of :func:`encode_prompt` (same resizing, so the same grid):
-    recomputed per step instead of holding every prompt's pixels in memory."""
-    from qwen_vl_utils import process_vision_info
-
-    images, _ = process_vision_info(messages)
+def image_inputs(processor: Any, images: list[Any]) -> dict[str, torch.Tensor]:
+    """Only the vision tensors of :func:`encode_prompt`, from images already resized by
+    ``process_vision_info`` (same resizing, so the same grid): recomputed per step instead of
+    holding every prompt's pixels in memory."""
     if not images:
         return {}
     enc = processor.image_processor(images=images, return_tensors="pt")

@@ -29,7 +29,7 @@ from grpo_cli.algo.losses import (
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.config.validate import response_caps, val_cap
 from grpo_cli.data.datasets import PromptSampler, PromptSet, build_prompts, load_rows
-from grpo_cli.data.vision import concat_vision
+from grpo_cli.data.vision import concat_vision, image_inputs
 from grpo_cli.models.load import (
     eos_token_ids,
     load_causal_lm,
@@ -59,15 +59,14 @@ class Batch:
     completion_ids: torch.Tensor  # [N, T]
     loss_mask: torch.Tensor  # [N, T] float, 1 on generated tokens that carry loss
     advantages: torch.Tensor  # [N]
+    # Log-prob the sampler reported for each generated token [N, T] (0 after a completion's
+    # end): compared with the training forward pass to expose engine mismatch.
+    sampling_logprobs: torch.Tensor
     prompt_width: int  # P
     # Vision-language models: each row's pixel_values / image_grid_thw, and the image
     # placeholder id (positions are then the model's own 3-D rope, from the attention mask).
     vision: list[dict[str, torch.Tensor]] | None = None
     image_token_id: int | None = None
-    # Log-probs the sampler reported [N, T] (0 after a completion's end) and where tokens are
-    # [N, T]: compared with the training forward pass to expose engine mismatch.
-    sampling_logprobs: torch.Tensor | None = None
-    token_mask: torch.Tensor | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -88,19 +87,17 @@ def make_batch(
     input_ids = torch.full((n, p_width + t_width), pad_id, dtype=torch.long)
     attention = torch.zeros((n, p_width + t_width), dtype=torch.long)
     loss_mask = torch.zeros((n, t_width), dtype=torch.float32)
-    token_mask = torch.zeros((n, t_width), dtype=torch.float32)
     sampling = torch.zeros((n, t_width), dtype=torch.float32)
     for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
         input_ids[i, p_width - len(p) : p_width] = torch.tensor(p)
         input_ids[i, p_width : p_width + len(c.token_ids)] = torch.tensor(c.token_ids)
         attention[i, p_width - len(p) : p_width + len(c.token_ids)] = 1
-        token_mask[i, : len(c.token_ids)] = 1.0
         sampling[i, : len(c.logprobs)] = torch.tensor(c.logprobs)
         if not (mask_truncated and c.truncated):
             loss_mask[i, : len(c.token_ids)] = 1.0
     position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
     return Batch(input_ids, attention, position_ids, input_ids[:, p_width:], loss_mask,
-                 advantages, p_width, vision, image_token_id, sampling, token_mask)
+                 advantages, sampling, p_width, vision, image_token_id)
 
 
 def forward_logprobs(
@@ -160,9 +157,9 @@ def train_on_batch(
             mask = b.loss_mask[rows].to(d.device)
             logp, entropy = forward_logprobs(policy, b, rows, temp, with_entropy=True)
             old = logp.detach() if old_logp is None else old_logp[rows].to(d.device)
-            if u == 0 and b.sampling_logprobs is not None and b.token_mask is not None:
-                # sampler vs trainer on the same weights: ~0 for hf in fp32, small for vLLM
-                tokens_here = b.token_mask[rows].to(d.device)
+            if u == 0:  # sampler vs trainer on the same weights: ~0 for hf in fp32
+                # generated tokens are where the completion part of the attention mask is 1
+                tokens_here = b.attention_mask[rows, b.prompt_width:].float().to(d.device)
                 sampled = b.sampling_logprobs[rows].to(d.device)
                 sums["lp_diff"] += float(((logp.detach() - sampled).abs() * tokens_here).sum())
                 sums["lp_tokens"] += float(tokens_here.sum())
@@ -298,13 +295,14 @@ def sample_and_score(
     """Sample ``n`` completions per prompt at ``cap``, decode them, and compute the reward.
     ``seed`` also seeded torch's generator (the hf backend draws from it; vLLM takes seeds)."""
     torch.manual_seed(seed)
-    vision = [prompts.vision(i, cfg.data) for i in ids] if prompts.processor else None
-    images = [prompts.images(i, cfg.data) for i in ids] \
-        if prompts.processor and cfg.rollout.backend == "vllm" else None
+    images = vision = None
+    if prompts.processor is not None:  # decode and resize once: tensors for hf and training,
+        images = [prompts.images(i, cfg.data) for i in ids]  # the PIL images for vLLM
+        vision = [image_inputs(prompts.processor, im) for im in images]
     result = rollout.generate(RolloutRequest(
         [prompts.prompt_ids[i] for i in ids], n=n, max_new_tokens=cap,
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=seed,
-        multi_modal=vision, images=images,
+        multi_modal=vision, images=images if cfg.rollout.backend == "vllm" else None,
     ))
     comps = result.completions
     owner = [ids[c.prompt_index] for c in comps]
