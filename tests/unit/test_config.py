@@ -98,6 +98,9 @@ def test_parse_args_rejects_non_override() -> None:
         (["model.path=/nonexistent/model"], "model.path=/nonexistent/model"),
         (["length.schedule=[[0,16],[5,0]]"], "length.schedule"),
         (["rollout.backend=sglang"], "rollout.backend=sglang"),
+        (["rollout=vllm", "rollout.sleep_level=3"], "rollout.sleep_level=3: allowed 0-2"),
+        (["rollout=vllm", "rollout.gpu_memory_utilization=1.0"],
+         "rollout.gpu_memory_utilization=1.0: must be in"),
     ],
 )
 def test_bad_config_names_the_key(args: list[str], pattern: str) -> None:
