@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +26,7 @@ import numpy as np
 import torch
 
 from grpo_cli.data.toy import STYLES, generate_rows, style_of
+from grpo_cli.models.cache import build_once, cache_root
 
 TOY_MODEL_DIR: Path = Path(__file__).resolve().parents[1] / "assets" / "toy-qwen2"
 PAD, EOS, UNK, ANSWER_OPEN, ANSWER_CLOSE = "<pad>", "<eos>", "<unk>", "<answer>", "</answer>"
@@ -313,36 +311,18 @@ def _has_model(path: Path) -> bool:
 
 
 def toy_cache_dir() -> Path:
-    root = os.environ.get("GRPO_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "grpo-cli"
-    return base / "toy-qwen2"
+    return cache_root() / "toy-qwen2"
 
 
 def ensure_toy_model(log: Callable[[str], None] = print) -> Path:
     """The committed toy model dir; if it is missing (e.g. a stripped install), build it once
-    into the user cache (``$GRPO_CACHE_DIR/toy-qwen2``, default ``~/.cache/grpo-cli/...``).
-
-    Builds go to a temp dir that is renamed into place, so concurrent callers (parallel
-    sweep arms) never load a half-written model.
-    """
+    into the user cache (``$GRPO_CACHE_DIR/toy-qwen2``, default ``~/.cache/grpo-cli/...``)."""
     if _has_model(TOY_MODEL_DIR):
         return TOY_MODEL_DIR
     target = toy_cache_dir()
-    if _has_model(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log(f"toy model not found; building it into {target} (a few minutes, once)")
-    tmp = Path(tempfile.mkdtemp(prefix=".toy-qwen2-", dir=target.parent))
-    try:
-        build_toy_model(tmp, log=log)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race
-            if not _has_model(target):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    if not _has_model(target):
+        log(f"toy model not found; building it into {target} (a few minutes, once)")
+    return build_once(target, lambda tmp: build_toy_model(tmp, log=log), _has_model)
 
 
 def _grade(text: str, answer: str) -> bool:

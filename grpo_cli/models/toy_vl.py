@@ -15,13 +15,12 @@ user cache on first use.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from grpo_cli.models.cache import build_once, cache_root
 
 VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD = (
     "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -48,9 +47,7 @@ CHAT_TEMPLATE = (
 
 
 def toy_vl_cache_dir() -> Path:
-    root = os.environ.get("GRPO_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "grpo-cli"
-    return base / f"toy-qwen2_5-vl-v{BUILD_VERSION}"
+    return cache_root() / f"toy-qwen2_5-vl-v{BUILD_VERSION}"
 
 
 def build_toy_vl_model(out_dir: Path | str, seed: int = 0) -> Path:
@@ -135,23 +132,9 @@ def build_toy_vl_model(out_dir: Path | str, seed: int = 0) -> Path:
 
 
 def ensure_toy_vl_model() -> Path:
-    """The VL toy in the user cache, built once (temp dir renamed into place, so parallel
-    sweep arms never load a half-written model)."""
-    target = toy_vl_cache_dir()
-    if (target / "toy_build.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".toy-vl-", dir=target.parent))
-    try:
-        build_toy_vl_model(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "toy_build.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The VL toy in the user cache, built once."""
+    return build_once(toy_vl_cache_dir(), build_toy_vl_model,
+                      lambda d: (d / "toy_build.json").is_file())
 
 
 def image_token_id(config: Any) -> int | None:
