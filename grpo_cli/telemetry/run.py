@@ -70,6 +70,14 @@ class RunHandle:
         if self.store is not None:
             self.store.update_meta(**fields)
 
+    def announce(self, **fields: str) -> None:
+        """A choice the run made for the user (e.g. engine settings): printed once, on rank
+        0, and kept in meta.json."""
+        if self.store is not None:
+            for text in fields.values():
+                print(f"grpo: {text}", file=sys.stderr)
+        self.note(**fields)
+
     def progress(self, steps: Iterable[T]) -> Iterator[T]:
         """Iterate steps; rank 0 shows a progress bar with the latest headline metrics."""
         if not self.show_progress:

@@ -375,7 +375,7 @@ class Inputs:
 
 
 def load_inputs(cfg: RunConfig, d: eng.Dist) -> Inputs:
-    model_path = resolve_model_path(cfg.model.path)
+    model_path = resolve_model_path(cfg.model.path, cfg.model.gguf_file)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     image_token = vision_token_id(model_path, cfg.model.trust_remote_code)
     processor = load_processor(model_path, cfg.model.trust_remote_code) \
@@ -387,7 +387,8 @@ def load_inputs(cfg: RunConfig, d: eng.Dist) -> Inputs:
                   reward_fn, image_token)
 
 
-def make_rollout(cfg: RunConfig, policy: Any, inputs: Inputs, d: eng.Dist) -> RolloutBackend:
+def make_rollout(cfg: RunConfig, policy: Any, inputs: Inputs, d: eng.Dist,
+                 run: RunHandle) -> RolloutBackend:
     """The sampling engine the config names; never a silent fallback to another one."""
     r, t = cfg.rollout, cfg.trainer
     eos = eos_token_ids(inputs.tokenizer, inputs.model_path)
@@ -395,18 +396,29 @@ def make_rollout(cfg: RunConfig, policy: Any, inputs: Inputs, d: eng.Dist) -> Ro
         return HFRollout(lambda: eng.gathered(policy, t.zero_stage),
                          inputs.tokenizer.pad_token_id, eos, micro_batch_size=r.micro_batch_size,
                          image_token_id=inputs.image_token_id)
-    from grpo_cli.rollout.vllm import VLLMRollout
+    from grpo_cli.rollout import vllm_platform
+    from grpo_cli.rollout.vllm import VLLMRollout, engine_settings, kv_bytes_per_token
     from grpo_cli.train.weights import checkpoint_names, iter_full_params, weights_version
 
     names = checkpoint_names(policy.module)
     sizes = {k: v for k, v in (("min_pixels", cfg.data.min_pixels),
                                ("max_pixels", cfg.data.max_pixels)) if v}
     longest = cfg.data.max_prompt_length + max([*response_caps(cfg), val_cap(cfg)])
+    # the most sequences one engine samples at once: a step's, or the validation probe's
+    sequences = r.tensor_parallel_size * max(
+        t.prompts_per_step // d.world * r.n,
+        cfg.val.num_prompts // d.world * cfg.val.n if t.val_every > 0 else 0)
+    platform = vllm_platform()
+    assert platform is not None  # validated at start-up
+    settings = engine_settings(
+        platform, sequences=sequences, max_model_len=longest,
+        bytes_per_token=kv_bytes_per_token(inputs.model_path, cfg.model.dtype),
+        gpu_memory_utilization=r.gpu_memory_utilization, sleep_level=r.sleep_level)
+    run.announce(vllm_engine=settings.summary)
     return VLLMRollout.create(
-        inputs.model_path, cfg.model.dtype, longest, cfg.seed,
-        gpu_memory_utilization=r.gpu_memory_utilization,
-        tensor_parallel_size=r.tensor_parallel_size, sleep_level=r.sleep_level,
-        world=d.world, rank=d.rank, eos_token_ids=eos,
+        inputs.model_path, cfg.model.dtype, longest, cfg.seed, settings=settings,
+        tensor_parallel_size=r.tensor_parallel_size, world=d.world, rank=d.rank,
+        eos_token_ids=eos,
         weights=lambda: iter_full_params(policy.module, t.zero_stage, names),
         weights_version=lambda: weights_version(policy),
         image_token_id=inputs.image_token_id, mm_processor_kwargs=sizes or None,
@@ -435,7 +447,8 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
     if a.kl_coef > 0:
         reference = eng.make_reference_engine(load_causal_lm(model_path, cfg.model), ds_cfg)
     del hf_ds_ref
-    rollout = make_rollout(cfg, policy, inputs, d)
+    rollout = make_rollout(cfg, policy, inputs, d, run)
+    run.note(torch_threads=torch.get_num_threads())  # what training runs with, engine started
     schedule = [tuple(s) for s in cfg.length.schedule] if cfg.length.schedule else None
     hist_cap = max(response_caps(cfg))
     probe_cap = val_cap(cfg)

@@ -51,7 +51,7 @@ CASES = [
     (["run", *QUICK, "reward.function={d}/nooverall.py:fn"], "has no 'overall' key"),
     # (where vLLM can run, this is a real run, not bad input)
     *([] if vllm_available() else [(["run", "rollout=vllm"],
-                                    "rollout.backend=vllm needs `pip install grpo-cli[vllm]`")]),
+                                    "rollout.backend=vllm needs vLLM: on GPUs")]),
     (["run", "rollout=vllm", "rollout.tensor_parallel_size=3"],
      "rollout.tensor_parallel_size=3 must divide the 1 ranks"),
     (["run", "trainer.nodes=2"], "trainer.nodes=2 with torchrun needs trainer.master_addr"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from grpo_cli.rollout import vllm_available
+from grpo_cli.rollout import vllm_platform
 from tests.conftest import REPO, cli_env
 
 GPU_RECIPES = ["geo3k_qwen2_5_vl_3b", "geo3k_qwen2_5_vl_7b", "math12k_qwen2_5_1_5b"]
@@ -39,7 +39,7 @@ def test_recipe_runs_two_steps(name: str, runs_dir: Path) -> None:
         if not _cached(repo_id, kind):
             pytest.skip(f"{kind} {repo_id} is not in the local Hugging Face cache")
     gpus = torch.cuda.device_count()
-    if recipe.rollout.backend == "vllm" and not vllm_available():
+    if recipe.rollout.backend == "vllm" and vllm_platform() != "cuda":
         pytest.skip("the recipe samples with vLLM: pip install 'grpo-cli[vllm]'")
     tp = min(int(recipe.rollout.tensor_parallel_size), gpus)
     res = subprocess.run(

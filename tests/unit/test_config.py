@@ -33,8 +33,9 @@ def experiments() -> list[Path]:
 @pytest.mark.parametrize(("group", "option"), group_options())
 def test_every_group_option_composes_and_validates(group: str, option: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    # vLLM needs a GPU: its presence is the one thing assumed here, every other check runs.
-    monkeypatch.setattr("grpo_cli.rollout.vllm_available", lambda: True)
+    # vLLM's GPU build is the one thing assumed here (it is not in this venv); every other
+    # check runs. The CPU build's checks are in test_vllm_settings.py.
+    monkeypatch.setattr("grpo_cli.rollout.vllm_platform", lambda: "cuda")
     cfg, resolved = load_run_config([f"{group}={option}"])
     assert resolved[group] is not None
 
@@ -47,9 +48,9 @@ def test_every_experiment_composes_and_validates(path: Path,
         f"{path.name} must open with the command that runs it")
     raw = compose([f"config={path}"])
     assert raw.data.max_response_length > 0
-    # Validate with the experiment's own ranks (trainer.gpus x trainer.nodes); vLLM's presence
-    # is the one check that needs a GPU, so it is assumed here and every other check runs.
-    monkeypatch.setattr("grpo_cli.rollout.vllm_available", lambda: True)
+    # Validate with the experiment's own ranks (trainer.gpus x trainer.nodes); the GPU build
+    # of vLLM is assumed for the GPU recipes, and every other check runs.
+    monkeypatch.setattr("grpo_cli.rollout.vllm_platform", lambda: "cuda")
     cfg = to_run_config(raw)
     validate(cfg, world=cfg.trainer.gpus * cfg.trainer.nodes)
 

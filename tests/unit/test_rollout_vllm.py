@@ -1,119 +1,23 @@
-"""The vLLM backend's CPU-testable parts: request outputs -> completions, prompts (image pads,
-multi-modal data), sampling parameters, seeds, tensor-parallel groups, and the order of
-wake / weight push / sample / sleep.
-
-vLLM cannot be imported on this machine (no GPU platform). Where vLLM is importable its own
-output classes are used; otherwise `StandInCompletionOutput` / `StandInRequestOutput` /
-`StandInLogprob` stand in: they carry exactly the fields of vllm 0.32's `CompletionOutput`,
-`RequestOutput` and `Logprob` that the backend reads (same names, same types). The engine
-(`LLM`) is a recording stand-in: a boundary that needs a GPU. GPU tests in tests/gpu run the
-real engine.
-"""
+"""The vLLM backend's pure parts: prompts (image pads, multi-modal data), sampling
+parameters, seeds, tensor-parallel groups, and the per-platform engine settings. They need no
+vLLM; tests/vllm runs the real engine (output conversion, weight pushes, truncation)."""
 
 from __future__ import annotations
 
-import sys
-import types
-from dataclasses import dataclass, field
-from typing import Any
-
 import pytest
-import torch
 
+from grpo_cli.config.loader import ConfigError, load_run_config
 from grpo_cli.rollout.base import RolloutRequest
 from grpo_cli.rollout.vllm import (
-    VLLMRollout,
+    MiB,
     collapse_image_pads,
-    completions_from_outputs,
+    engine_settings,
+    kv_bytes_per_token,
     prompt_seed,
     sampling_kwargs,
     tp_groups,
     vllm_prompts,
 )
-
-
-@dataclass
-class StandInLogprob:  # vllm.logprobs.Logprob
-    logprob: float
-    rank: int | None = None
-    decoded_token: str | None = None
-
-
-@dataclass
-class StandInCompletionOutput:  # vllm.outputs.CompletionOutput
-    index: int
-    text: str
-    token_ids: list[int]
-    cumulative_logprob: float | None
-    logprobs: list[dict[int, Any]] | None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-
-
-@dataclass
-class StandInRequestOutput:  # vllm.outputs.RequestOutput (fields the backend reads)
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int] | None
-    prompt_logprobs: Any
-    outputs: list[Any] = field(default_factory=list)
-    finished: bool = True
-
-
-try:  # the real classes where vLLM imports (GPU machines with the extra)
-    from vllm.logprobs import Logprob
-    from vllm.outputs import CompletionOutput, RequestOutput
-except Exception:  # noqa: BLE001 - no vllm, or no platform for it
-    Logprob, CompletionOutput, RequestOutput = (StandInLogprob, StandInCompletionOutput,
-                                                StandInRequestOutput)
-
-EOS = 2
-
-
-def completion(index: int, tokens: list[int], lps: list[float], reason: str) -> Any:
-    # logprobs=1 style: the sampled token plus a higher-ranked one; the sampled one is read
-    positions = [{t: Logprob(lp, rank=2), 99: Logprob(-0.01, rank=1)}
-                 for t, lp in zip(tokens, lps, strict=True)]
-    return CompletionOutput(index=index, text="", token_ids=tokens,
-                            cumulative_logprob=sum(lps), logprobs=positions,
-                            finish_reason=reason)
-
-
-def request_output(i: int, outs: list[Any]) -> Any:
-    return RequestOutput(request_id=str(i), prompt=None, prompt_token_ids=[1, 5],
-                         prompt_logprobs=None, outputs=outs, finished=True)
-
-
-def test_outputs_become_completions_grouped_in_sample_order() -> None:
-    outputs = [
-        request_output(0, [completion(1, [7, 8, 9], [-0.5, -0.25, -2.0], "length"),
-                           completion(0, [4, EOS], [-1.0, -0.1], "stop")]),
-        request_output(1, [completion(0, [EOS], [-0.3], "stop"),
-                           completion(1, [5, 6, 7], [-0.7, -0.8, -0.9], "length")]),
-    ]
-    comps = completions_from_outputs(outputs, n=2)
-    assert [(c.prompt_index, c.sample) for c in comps] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert comps[0].token_ids == [4, EOS] and not comps[0].truncated  # EOS kept, as in hf
-    assert comps[1].truncated and comps[1].logprobs == [-0.5, -0.25, -2.0]
-    assert comps[2].token_ids == [EOS] and comps[2].logprobs == [-0.3]
-    assert [len(c.token_ids) for c in comps] == [len(c.logprobs) for c in comps]
-
-
-@pytest.mark.parametrize(("outs", "message"), [
-    ([completion(0, [3], [-1.0], "abort")], "reason 'abort'"),
-    ([completion(0, [3], [-1.0], "stop"), completion(1, [3], [-1.0], "stop")],
-     "expected rollout.n=1"),
-])
-def test_unexpected_outputs_are_errors_not_numbers(outs: list[Any], message: str) -> None:
-    with pytest.raises(RuntimeError, match=message):
-        completions_from_outputs([request_output(0, outs)], n=1)
-
-
-def test_missing_logprobs_are_an_error() -> None:
-    out = completion(0, [3, 4], [-1.0, -1.0], "stop")
-    out.logprobs = None
-    with pytest.raises(RuntimeError, match="no log-prob"):
-        completions_from_outputs([request_output(0, [out])], n=1)
 
 
 def test_image_pads_collapse_to_what_the_tokenizer_gives_the_template() -> None:
@@ -176,69 +80,60 @@ def test_tensor_parallel_groups_are_consecutive_ranks() -> None:
         tp_groups(8, 3)
 
 
-class RecordingLLM:
-    """Stand-in for vllm.LLM (needs a GPU): records calls, returns `StandIn` outputs."""
+def test_kv_bytes_per_token_reads_the_language_model_config() -> None:
+    from grpo_cli.models.toy import ensure_toy_model
+    from grpo_cli.models.toy_vl import ensure_toy_vl_model
 
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.loaded: list[tuple[str, torch.Tensor]] = []
-        self.params: list[Any] = []
-        self.prompts: list[dict] = []
-
-    def sleep(self, level: int) -> None:
-        self.calls.append(f"sleep{level}")
-
-    def wake_up(self, tags: list[str]) -> None:
-        self.calls.append("wake:" + ",".join(tags))
-
-    def apply_model(self, fn: Any) -> list[Any]:
-        self.calls.append("load_weights")
-        model = types.SimpleNamespace(load_weights=lambda ws: self.loaded.extend(
-            (n, t.clone()) for n, t in ws))
-        return [fn(model)]
-
-    def reset_prefix_cache(self) -> None:
-        self.calls.append("reset_prefix_cache")
-
-    def generate(self, prompts: list[dict], params: list[Any], use_tqdm: bool) -> list[Any]:
-        self.calls.append("generate")
-        self.prompts, self.params = prompts, params
-        # each completion echoes its prompt's second token, so outputs can be told apart
-        return [request_output(i, [completion(j, [prompt["prompt_token_ids"][1], EOS],
-                                              [-0.5, -0.1], "stop")
-                                   for j in range(p.kwargs["n"])])
-                for i, (prompt, p) in enumerate(zip(prompts, params, strict=True))]
+    # toy: 4 layers x 2 KV heads x head_dim 128/4, keys and values, fp32
+    assert kv_bytes_per_token(ensure_toy_model(), "float32") == 2 * 4 * 2 * 32 * 4
+    assert kv_bytes_per_token(ensure_toy_model(), "bfloat16") == 2 * 4 * 2 * 32 * 2
+    # the VL toy's language model is the text toy (its text_config)
+    assert kv_bytes_per_token(ensure_toy_vl_model(), "float32") == 2 * 4 * 2 * 32 * 4
 
 
-class StandInSamplingParams:  # vllm.SamplingParams: keeps its keyword arguments
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
+def test_cpu_engine_gets_a_kv_cache_sized_for_the_run() -> None:
+    # 16 prompts x 8 samples of up to 300 tokens: 3 blocks of 128 each, 46 KB per token
+    s = engine_settings("cpu", sequences=128, max_model_len=300, bytes_per_token=46_080,
+                        gpu_memory_utilization=None, sleep_level=None)
+    need = 128 * 3 * 128 * 46_080
+    assert need * 1.25 <= s.kwargs["kv_cache_memory_bytes"] < need * 1.25 + MiB
+    assert "gpu_memory_utilization" not in s.kwargs and s.kwargs["enforce_eager"]
+    assert s.sleep_level == 0 and s.reload_in_place
+    assert "KV cache 2700 MiB for 128 sequences x 300 tokens" in s.summary
+    tiny = engine_settings("cpu", sequences=2, max_model_len=64, bytes_per_token=2048,
+                           gpu_memory_utilization=None, sleep_level=0)
+    assert tiny.kwargs["kv_cache_memory_bytes"] == 64 * MiB  # the floor
+    share = engine_settings("cpu", sequences=2, max_model_len=64, bytes_per_token=2048,
+                            gpu_memory_utilization=0.2, sleep_level=None)
+    assert share.kwargs == {"gpu_memory_utilization": 0.2, "enforce_eager": True}
+    assert "0.2 of host RAM" in share.summary
 
 
-def test_weights_are_pushed_after_optimiser_steps_between_wake_and_sampling(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(
-        SamplingParams=StandInSamplingParams))
-    version = {"steps": 0}
-    weight = torch.ones(2)
-    llm = RecordingLLM()
-    rollout = VLLMRollout(llm, [EOS], weights=lambda: iter([("w", weight)]),
-                          weights_version=lambda: version["steps"], sleep_level=1)
-    request = RolloutRequest([[1, 3], [1, 4]], n=2, max_new_tokens=4, seed=7)
+def test_cuda_engine_keeps_sleep_mode_and_the_memory_share() -> None:
+    s = engine_settings("cuda", sequences=128, max_model_len=4096, bytes_per_token=1,
+                        gpu_memory_utilization=None, sleep_level=None)
+    assert s.kwargs == {"gpu_memory_utilization": 0.5} and s.sleep_level == 1
+    assert not s.reload_in_place  # load_weights into vLLM's own parameters
+    s = engine_settings("cuda", sequences=1, max_model_len=1, bytes_per_token=1,
+                        gpu_memory_utilization=0.6, sleep_level=2)
+    assert s.kwargs == {"gpu_memory_utilization": 0.6} and s.sleep_level == 2
 
-    rollout.generate(request)  # step 0: the engine already holds the checkpoint's weights
-    assert llm.calls == ["sleep1", "wake:weights", "wake:kv_cache", "generate", "sleep1"]
-    assert [p.kwargs["seed"] for p in llm.params] == [prompt_seed(7, 0), prompt_seed(7, 1)]
 
-    version["steps"] = 1  # an optimiser step changed the weights
-    weight += 1.0
-    llm.calls.clear()
-    result = rollout.generate(request)
-    assert llm.calls == ["wake:weights", "load_weights", "reset_prefix_cache",
-                         "wake:kv_cache", "generate", "sleep1"]
-    assert [(n, t.tolist()) for n, t in llm.loaded] == [("w", [2.0, 2.0])]
-    assert len(result.completions) == 4 and result.timings["rollout_s"] >= 0
+@pytest.mark.parametrize(("args", "message"), [
+    (["rollout.sleep_level=1"], "rollout.sleep_level=1: vLLM has no sleep mode on CPU"),
+    (["rollout.gpu_memory_utilization=0.999"],
+     "rollout.gpu_memory_utilization=0.999: on CPU this reserves that share of host RAM"),
+])
+def test_cpu_build_refuses_what_it_cannot_do(args: list[str], message: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("grpo_cli.rollout.vllm_platform", lambda: "cpu")
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(["rollout=vllm", *args])
+    load_run_config(["rollout=vllm"])  # the defaults are valid on CPU
+    load_run_config(["rollout=vllm", "rollout.gpu_memory_utilization=0.05"])
 
-    llm.calls.clear()
-    rollout.generate(request)  # no step since: nothing pushed
-    assert "load_weights" not in llm.calls
+
+def test_without_vllm_the_backend_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("grpo_cli.rollout.vllm_platform", lambda: None)
+    with pytest.raises(ConfigError, match="rollout.backend=vllm needs vLLM"):
+        load_run_config(["rollout=vllm"])
