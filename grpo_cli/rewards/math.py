@@ -7,7 +7,10 @@ EasyR1's math reward.
 
 ``final_answer_score``: for chat models that answer in prose ("3 + 5 equals 8."): math-verify
 extracts the answer from the whole response, a ``\\boxed{}`` if there is one, else the last
-number written, so an answer that rambles on to other numbers is graded by where it ended.
+number written, so an answer that rambles on to other numbers is graded by where it ended. A
+response the cap cut off has not ended and scores 0, as a truncated chain of thought earns
+nothing when its answer comes last (otherwise "3 + 5 = 8. This simple rule..." cut mid-ramble
+would score by a number it happened to write).
 """
 
 from __future__ import annotations
@@ -76,8 +79,10 @@ def final_answer_score(reward_inputs: list[dict[str, Any]]) -> list[dict]:
 
     scores = []
     for item in reward_inputs:
-        gold = parse(f"${item['ground_truth']}$")
-        pred = parse(item["response"])
-        acc = float(bool(gold and pred and verify(gold, pred)))
+        acc = 0.0
+        if not item.get("truncated", False):
+            gold = parse(f"${item['ground_truth']}$")
+            pred = parse(item["response"])
+            acc = float(bool(gold and pred and verify(gold, pred)))
         scores.append({"overall": acc, "accuracy": acc})
     return scores

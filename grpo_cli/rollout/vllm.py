@@ -230,7 +230,8 @@ def repack_shared_weights(model: torch.nn.Module) -> list[str]:
 
     A tied LM head is the embedding's parameter: the checkpoint names it once, so vLLM's
     reload loads the embedding only, and the head keeps the copy its CPU kernel packed from
-    the old weights (a stale head: log-prob gap ~0.2 on the toy). Returns the names redone.
+    the old weights (stale: a log-prob gap of ~1e-3 after one toy update, against 3e-7).
+    Returns the names redone.
     """
     owners: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):

@@ -9,7 +9,7 @@ import pytest
 
 from grpo_cli.config.loader import ConfigError
 from grpo_cli.rewards.loader import RewardError, load_reward_fn, score_batch
-from grpo_cli.rewards.math import compute_score, extract_answer
+from grpo_cli.rewards.math import compute_score, extract_answer, final_answer_score
 
 
 def inputs(*responses: str, truth: str = "17") -> list[dict]:
@@ -26,6 +26,17 @@ def test_math_reward_grades_with_math_verify() -> None:
     assert weighted[0]["overall"] == pytest.approx(0.1)
     fraction = compute_score(inputs("<answer>\\frac{1}{2}</answer>", truth="0.5"))
     assert fraction[0]["accuracy"] == 1.0
+
+
+def test_final_answer_is_where_a_prose_reply_ends() -> None:
+    res = final_answer_score(inputs("3 + 14 equals 17.", "It is 17, or 18 if you count 1",
+                                    "The sum is $\\boxed{17}$, not 5", "seventeen", ""))
+    assert [r["accuracy"] for r in res] == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert all(r["overall"] == r["accuracy"] for r in res)
+    cut = inputs("3 + 14 = 17. This simple rule, often called")
+    assert final_answer_score(cut)[0]["accuracy"] == 1.0
+    cut[0]["truncated"] = True  # stopped by the cap: it has no final answer
+    assert final_answer_score(cut)[0]["accuracy"] == 0.0
 
 
 def test_extract_answer_prefers_last_tag_and_handles_nested_boxes() -> None:
