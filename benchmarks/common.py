@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,25 +43,30 @@ def timed_train(overrides: list[str]) -> dict[str, Any]:
     run_module.RunHandle.log = timed_log  # benchmark instrumentation, not product code
     cfg, resolved = load_run_config(overrides)
     train(cfg, resolved)
-    return {"ends": ends, "tokens": tokens, "metrics": rows}
+    return {"ends": ends, "tokens": tokens, "metrics": rows, "max_rss_mib": max_rss_mib()}
 
 
-def run_child(script: Path, args: list[str]) -> dict[str, Any]:
-    """Run ``script ARGS`` in a fresh Python with a throw-away runs root; its last stdout
-    line is JSON."""
+def max_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(script: Path, args: list[str], python: str = sys.executable) -> dict[str, Any]:
+    """Run ``script ARGS`` in a fresh Python (this one, or ``python``: another venv's) with a
+    throw-away runs root; its last stdout line is JSON."""
     with tempfile.TemporaryDirectory() as runs:
         env = dict(os.environ, GRPO_RUNS_DIR=runs, WANDB_SILENT="true",
                    TOKENIZERS_PARALLELISM="false")
-        res = subprocess.run([sys.executable, str(script), *args], env=env, cwd=REPO,
+        res = subprocess.run([python, str(script), *args], env=env, cwd=REPO,
                              capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"{script.name} {' '.join(args)} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def grpo_steps(overrides: list[str]) -> dict[str, Any]:
+def grpo_steps(overrides: list[str], python: str = sys.executable) -> dict[str, Any]:
     """`grpo run OVERRIDES` in a fresh process, timed per step."""
-    return run_child(Path(__file__), overrides)
+    return run_child(Path(__file__), overrides, python)
 
 
 def step_seconds(ends: list[float]) -> list[float]:
@@ -71,11 +77,16 @@ def summary(raw: dict[str, Any], completions_per_step: int) -> dict[str, float]:
     """Median step time, completions/s and generated tokens/s over the timed steps."""
     steps = step_seconds(raw["ends"])
     total = sum(steps)
-    return {"step_s": statistics.median(steps),
-            "completions_per_s": completions_per_step * len(steps) / total,
-            "tokens_per_s": sum(raw["tokens"][1:]) / total,
-            "mean_length": sum(raw["tokens"]) / (completions_per_step * len(raw["tokens"]))}
-
+    out = {"step_s": statistics.median(steps),
+           "completions_per_s": completions_per_step * len(steps) / total,
+           "tokens_per_s": sum(raw["tokens"][1:]) / total,
+           "mean_length": sum(raw["tokens"]) / (completions_per_step * len(raw["tokens"])),
+           "max_rss_mib": raw.get("max_rss_mib", float("nan"))}
+    if raw.get("metrics"):  # grpo-cli runs: sampling alone (perf/rollout_s: generate,
+        rollout_s = [m["perf/rollout_s"] for m in raw["metrics"][1:]]  # decode, reward)
+        out["rollout_s"] = statistics.median(rollout_s)
+        out["rollout_tokens_per_s"] = sum(raw["tokens"][1:]) / sum(rollout_s)
+    return out
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
