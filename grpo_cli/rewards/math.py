@@ -5,12 +5,14 @@ tag, or else the last ``\\boxed{...}``. ``format`` is 1 when such an answer is p
 ``overall`` mixes them as ``(1 - format_weight) * accuracy + format_weight * format`` like
 EasyR1's math reward.
 
-``final_answer_score``: for chat models that answer in prose ("3 + 5 equals 8."): math-verify
-extracts the answer from the whole response, a ``\\boxed{}`` if there is one, else the last
-number written, so an answer that rambles on to other numbers is graded by where it ended. A
-response the cap cut off has not ended and scores 0, as a truncated chain of thought earns
-nothing when its answer comes last (otherwise "3 + 5 = 8. This simple rule..." cut mid-ramble
-would score by a number it happened to write).
+``final_answer_score``: for chat models that answer in prose ("3 + 5 equals 8."): the answer
+is a ``\\boxed{}`` if there is one, else the last number literal written, and math-verify
+checks it. So a reply that rambles on to other numbers is graded by where it ended, and
+restating the problem is not an answer: math-verify's own extraction from the whole text
+reads "6 + 7 equals two." as the expression 6 + 7 = 13, which a pilot run learned to exploit.
+A response the cap cut off has not ended and scores 0, as a truncated chain of thought earns
+nothing when its answer comes last (another pilot learned to state the sum, then ramble into
+the cap for full reward).
 """
 
 from __future__ import annotations
@@ -73,16 +75,23 @@ def compute_score(reward_inputs: list[dict[str, Any]], format_weight: float = 0.
     return scores
 
 
-def final_answer_score(reward_inputs: list[dict[str, Any]]) -> list[dict]:
-    """Score a batch by math-verify's extraction from the whole response (see above)."""
-    from math_verify import parse, verify
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
+
+def final_answer(response: str) -> str | None:
+    """The last ``\\boxed{}`` content, else the last number literal (commas dropped)."""
+    boxed = extract_boxed(response)
+    if boxed is not None:
+        return boxed
+    numbers = _NUMBER.findall(response.replace(",", ""))
+    return numbers[-1] if numbers else None
+
+
+def final_answer_score(reward_inputs: list[dict[str, Any]]) -> list[dict]:
+    """Score a batch by the final answer of each finished response (see above)."""
     scores = []
     for item in reward_inputs:
-        acc = 0.0
-        if not item.get("truncated", False):
-            gold = parse(f"${item['ground_truth']}$")
-            pred = parse(item["response"])
-            acc = float(bool(gold and pred and verify(gold, pred)))
+        answer = None if item.get("truncated", False) else final_answer(item["response"])
+        acc = float(answer is not None and is_equivalent(answer, str(item["ground_truth"])))
         scores.append({"overall": acc, "accuracy": acc})
     return scores

@@ -30,8 +30,10 @@ def test_math_reward_grades_with_math_verify() -> None:
 
 def test_final_answer_is_where_a_prose_reply_ends() -> None:
     res = final_answer_score(inputs("3 + 14 equals 17.", "It is 17, or 18 if you count 1",
-                                    "The sum is $\\boxed{17}$, not 5", "seventeen", ""))
-    assert [r["accuracy"] for r in res] == [1.0, 0.0, 1.0, 0.0, 0.0]
+                                    "The sum is $\\boxed{17}$, not 5", "seventeen", "",
+                                    "3 + 14 equals two.", "Adding 1,000 and 7 gives 17.0"))
+    # restating the problem ("3 + 14") is not an answer, though it evaluates to 17
+    assert [r["accuracy"] for r in res] == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     assert all(r["overall"] == r["accuracy"] for r in res)
     cut = inputs("3 + 14 = 17. This simple rule, often called")
     assert final_answer_score(cut)[0]["accuracy"] == 1.0
