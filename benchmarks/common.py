@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def timed_train(overrides: list[str]) -> dict[str, Any]:
     """Train in this process; record when each step's records were written."""
-    from grpo_cli.config.loader import load_run_config
+    from grpo_cli.startup import load_run_config
     from grpo_cli.telemetry import run as run_module
     from grpo_cli.train.loop import train
 

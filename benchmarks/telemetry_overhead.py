@@ -27,6 +27,26 @@ SIDES = {"full telemetry (W&B offline, samples)": ["logger.wandb.mode=offline"],
                                           "logger.sample_every=0"]}
 
 
+def metrics_call_ms(n: int = 512, cap: int = 2048, repeats: int = 50) -> float:
+    """Best-of wall time of one `step_length_metrics` call on a realistic batch, in ms."""
+    import time
+
+    import numpy as np
+
+    from grpo_cli.telemetry.length_metrics import step_length_metrics
+
+    rng = np.random.default_rng(3)
+    args = (rng.integers(1, cap + 1, n), rng.random(n) < 0.1, rng.random(n),
+            np.repeat(np.arange(n // 8), 8), rng.integers(0, 2, n).astype(float), cap)
+    step_length_metrics(*args)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step_length_metrics(*args)
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
@@ -50,6 +70,8 @@ def main() -> None:
           "above when the ranges overlap. Telemetry measured inside the full runs (gather, "
           f"metrics, store and W&B writes): {statistics.median(share):.2%} of a step (median "
           f"over steps, max {max(share):.2%}).")
+    print(f"\nOne `step_length_metrics` call on 512 completions (groups of 8, cap 2048): "
+          f"{metrics_call_ms():.2f} ms (best of 50).")
 
 
 if __name__ == "__main__":

@@ -69,27 +69,26 @@ EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def _guard(fn: Callable[[], T], debug: bool) -> T:
     """Turn known user errors into one line on stderr and exit code 2 (1 for run failures)."""
-    from grpo_cli.config.loader import ConfigError
-    from grpo_cli.rewards.loader import RewardContractError, RewardError
-    from grpo_cli.rollout.base import RolloutOutOfMemory
+    from grpo_cli.errors import (
+        ConfigError,
+        RewardContractError,
+        RewardError,
+        RunFailure,
+        Terminated,
+    )
 
     try:
         return fn()
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
+    except Terminated:
+        typer.echo("terminated (SIGTERM)", err=True)
+        raise typer.Exit(143) from None
     except Exception as e:
-        # The loop's exceptions can only come from a loaded loop; never import torch here.
-        loop = sys.modules.get("grpo_cli.train.loop")
-        if loop is not None and isinstance(e, loop.Terminated):
-            typer.echo("terminated (SIGTERM)", err=True)
-            raise typer.Exit(143) from None
-        ckpt = sys.modules.get("grpo_cli.train.checkpoint")
-        run_failures = ((RolloutOutOfMemory,) + ((loop.TrainingDiverged,) if loop else ())
-                        + ((ckpt.CheckpointWriteError,) if ckpt else ()))
         # (types, prefix, exit code), subclasses first: 2 is bad input, 1 a run that failed.
         known = ((ConfigError, "", 2), (RewardContractError, "reward.function: ", 2),
-                 (RewardError, "reward: ", 1), (run_failures, "", 1))
+                 (RewardError, "reward: ", 1), (RunFailure, "", 1))
         for types, prefix, code in known:
             if isinstance(e, types):
                 if debug:
@@ -108,7 +107,8 @@ def run(
     = None,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
-    from grpo_cli.config.loader import load_run_config, parse_args
+    from grpo_cli.config.loader import parse_args
+    from grpo_cli.startup import load_run_config
 
     overrides = list(args or [])
     run_cfg, resolved = _guard(lambda: load_run_config(overrides), debug)

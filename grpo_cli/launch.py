@@ -15,8 +15,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from grpo_cli.config.loader import ConfigError
 from grpo_cli.config.schema import TrainerConfig
+from grpo_cli.errors import ConfigError
 
 LAUNCHERS = ("torchrun", "deepspeed")
 

@@ -1,16 +1,16 @@
-"""Shared fixtures: an isolated runs root and a way to call the real `grpo` CLI."""
+"""Shared fixtures: an isolated runs root and a way to call the real `grpo` CLI (the helpers
+themselves live in tests/helpers.py)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import run_grpo
 
 
 @pytest.fixture
@@ -18,30 +18,15 @@ def runs_dir(tmp_path: Path) -> Path:
     return tmp_path / "runs"
 
 
-def cli_env(runs_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(GRPO_RUNS_DIR=str(runs_dir), WANDB_SILENT="true", WANDB_MODE="offline",
-               TOKENIZERS_PARALLELISM="false")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
 @pytest.fixture
 def grpo(runs_dir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run `grpo ARGS...` as a subprocess, exactly as a user would."""
 
-    def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "grpo_cli", *args], cwd=REPO,
-                              env=cli_env(runs_dir), capture_output=True, text=True,
-                              timeout=timeout)
+    def _run(*args: str, timeout: float = 600,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return run_grpo(runs_dir, *args, timeout=timeout, env=env)
 
     return _run
-
-
-# Small but real: 2 prompts x 4 samples per step, short caps, no progress bar.
-TINY = ["trainer.prompts_per_step=2", "rollout.n=4", "trainer.micro_batch_size=4",
-        "logger.progress=false", "data.toy_size=64", "val.num_prompts=4"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

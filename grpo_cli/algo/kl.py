@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-# exp(20) ~ 4.9e8: large enough to never bind in a healthy run, small enough not to overflow.
-_LOG_RATIO_CLAMP = 20.0
+# The same log-ratio clamp as the policy ratio: exp(20) ~ 4.9e8, never binding in a healthy run.
+from grpo_cli.algo.losses import LOG_RATIO_CLAMP
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -17,5 +17,5 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     impossible cannot overflow exp; the result stays >= 0 because exp(d) - d - 1 >= 0 for
     every d. Any shape; the two inputs broadcast.
     """
-    d = (ref_logprobs - logprobs).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    d = (ref_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     return torch.exp(d) - d - 1.0

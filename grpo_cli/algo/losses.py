@@ -14,7 +14,7 @@ import torch
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 
 # exp() of a log-ratio beyond this overflows nothing useful; veRL clamps at the same value.
-_LOG_RATIO_CLAMP = 20.0
+LOG_RATIO_CLAMP = 20.0
 
 
 def _check_mode(mode: str) -> None:
@@ -126,7 +126,7 @@ def policy_gradient_loss(
         )
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(f"advantages {tuple(advantages.shape)} must be [B={logprobs.shape[0]}]")
-    log_ratio = (logprobs - old_logprobs).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)  # [B, T]
+    log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
     ratio = torch.exp(log_ratio)  # [B, T]
     adv = advantages.to(ratio.dtype)[:, None]  # [B, 1]
     unclipped = ratio * adv  # [B, T]

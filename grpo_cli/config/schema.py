@@ -119,6 +119,7 @@ class TrainerConfig:
     lr: float = 7e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    adam_eps: float = 1e-8  # AdamW's epsilon (torch's default)
     grad_clip: float = 1.0
     max_bad_steps: int = 10  # updates skipped for NaN/inf gradients before the run stops
     warmup_steps: int = 0
@@ -159,6 +160,9 @@ class LoggerConfig:
     sample_every: int = 10  # steps between decoded-sample dumps (samples.jsonl, W&B table)
     samples_per_step: int = 4
     progress: bool = True
+    # Also store each row's prompt and completion token ids in rollouts/ (re-scoring,
+    # re-tokenising, checking an update by hand); about 4 bytes per token.
+    store_tokens: bool = False
 
 
 @dataclass

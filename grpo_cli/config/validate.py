@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 from grpo_cli.algo.losses import LOSS_AGG_MODES
-from grpo_cli.config.loader import ConfigError
 from grpo_cli.config.schema import TOY, TOY_VL, ModelConfig, RunConfig
+from grpo_cli.errors import ConfigError
 from grpo_cli.rewards.combine import LENGTH_PENALTIES
 
 BACKENDS = ("hf", "vllm")
@@ -78,6 +78,8 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     _require(t.lr > 0, f"trainer.lr={t.lr}: must be > 0")
     _require(t.max_bad_steps >= 0, f"trainer.max_bad_steps={t.max_bad_steps}: must be >= 0")
     _require(len(t.betas) == 2, f"trainer.betas={t.betas}: expected two values")
+    _require(t.adam_eps > 0, f"trainer.adam_eps={t.adam_eps}: must be > 0")
+    _require(t.grad_clip >= 0, f"trainer.grad_clip={t.grad_clip}: must be >= 0 (0: no clipping)")
     _require(a.clip_ratio_low >= 0 and a.clip_ratio_high >= 0, "algorithm.clip_ratio_*: >= 0")
     _require(a.kl_coef >= 0, f"algorithm.kl_coef={a.kl_coef}: must be >= 0")
     _require(":" in cfg.reward.function, f"reward.function={cfg.reward.function}: use module:fn "

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from grpo_cli.config.loader import ConfigError
 from grpo_cli.config.schema import DataConfig
+from grpo_cli.errors import ConfigError
 
 
 def load_rows(spec: str, data: DataConfig, seed: int, key: str = "data.train_files") -> list[dict]:

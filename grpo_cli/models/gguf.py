@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from grpo_cli.config.loader import ConfigError
+from grpo_cli.errors import ConfigError
 from grpo_cli.models.cache import build_once, cache_root
 
 PKG = "pkg:"

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from grpo_cli.config.loader import ConfigError
 from grpo_cli.config.schema import TOY, TOY_VL, ModelConfig
+from grpo_cli.errors import ConfigError
 
 
 def resolve_model_path(path: str, gguf_name: str | None = None) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from grpo_cli.config.loader import ConfigError
+from grpo_cli.errors import ConfigError
 from grpo_cli.report.load import RunData, load_targets
 from grpo_cli.telemetry.store import runs_root
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from grpo_cli.report.load import Histograms, Rollouts, RunData
+from grpo_cli.telemetry.length_metrics import grouped_length_stats
 
 MAX_HEATMAP_BINS = 48  # enough to see the shape, few enough to read a bin's width
 
@@ -75,62 +76,12 @@ def step_table(run: RunData) -> pd.DataFrame:
 
 
 def rollout_step_table(r: Rollouts) -> pd.DataFrame:
-    """Length, clip, reward and accuracy per step from the rows, vectorised."""
+    """Length, clip, reward and accuracy per step from the rows, vectorised (the loop's own
+    statistics, one group per step)."""
     steps, inv = np.unique(r.step, return_inverse=True)
-    inv = inv.reshape(-1)
-    k = steps.shape[0]
-    n = np.bincount(inv, minlength=k).astype(np.float64)
-    length = r.length.astype(np.float64)
-    reward = r.reward.astype(np.float64)
-    trunc = r.truncated
-    out: dict[str, np.ndarray] = {"completions": n}
-    out["length/mean"] = np.bincount(inv, length, k) / n
-    n_trunc = np.bincount(inv, trunc.astype(np.float64), k)
-    out["length/clip_ratio"] = n_trunc / n
-    finite_r = np.isfinite(reward)
-    out["reward/mean"] = _mean(inv, reward, finite_r, k)
-    out["reward/std"] = np.sqrt(np.maximum(
-        _mean(inv, reward**2, finite_r, k) - out["reward/mean"] ** 2, 0.0))
-    out["reward/truncated_mean"] = _mean(inv, reward, finite_r & trunc, k)
-    out["reward/terminated_mean"] = _mean(inv, reward, finite_r & ~trunc, k)
-    correct = r.correct.astype(np.float64)
-    known = np.isfinite(correct)
-    out["accuracy"] = _mean(inv, (correct >= 0.5).astype(np.float64), known, k)
-    out["length/correct_mean"] = _mean(inv, length, known & (correct >= 0.5), k)
-    out["length/incorrect_mean"] = _mean(inv, length, known & (correct < 0.5), k)
-    for q, values in grouped_percentiles(inv, length, (10, 50, 90), k).items():
-        out[f"length/p{q}"] = values
-    frame = pd.DataFrame(out, index=pd.Index(steps.astype(np.int64), name="step"))
-    return frame
-
-
-def _mean(inv: np.ndarray, values: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
-    """Per-group mean of ``values[mask]``; NaN for groups with no selected row."""
-    count = np.bincount(inv[mask], minlength=k).astype(np.float64)
-    total = np.bincount(inv[mask], values[mask], minlength=k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-def grouped_percentiles(
-    inv: np.ndarray, values: np.ndarray, qs: tuple[int, ...], k: int
-) -> dict[int, np.ndarray]:
-    """Percentiles per group with numpy's linear interpolation, from one lexsort."""
-    order = np.lexsort((values, inv))
-    ordered = values[order]
-    counts = np.bincount(inv, minlength=k)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    out = {}
-    for q in qs:
-        pos = (counts - 1).clip(min=0) * (q / 100.0)
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.ceil(pos).astype(np.int64)
-        frac = pos - lo
-        last = max(ordered.shape[0] - 1, 0)
-        a = ordered[np.minimum(starts + lo, last)]
-        b = ordered[np.minimum(starts + hi, last)]
-        out[q] = np.where(counts > 0, a + (b - a) * frac, np.nan)
-    return out
+    stats = grouped_length_stats(inv.reshape(-1), steps.shape[0], r.length, r.truncated,
+                                 r.reward, r.correct)
+    return pd.DataFrame(stats, index=pd.Index(steps.astype(np.int64), name="step"))
 
 
 def rollout_heatmap(r: Rollouts, caps: np.ndarray | None = None) -> Heatmap:

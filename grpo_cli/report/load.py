@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from grpo_cli.config.loader import ConfigError
+from grpo_cli.errors import ConfigError
 from grpo_cli.telemetry.store import read_metrics, resolve_run_dir, rollout_parts, runs_root
 from grpo_cli.telemetry.wandb_files import read_wandb_history
 
@@ -431,13 +431,26 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _schema_defaults() -> dict[str, str]:
+    """Every config key's default, flattened like :func:`flatten` (values as text)."""
+    from dataclasses import asdict
+
+    from grpo_cli.config.schema import RunConfig
+
+    return flatten(asdict(RunConfig()))
+
+
 def assign_labels(runs: list[RunData]) -> None:
     """Label each run by the config keys that set it apart; group runs that differ only in seed.
 
     One run: its id. Several: ``max_len=16 algorithm.loss_agg_mode=token-mean``-style labels
     from the differing keys (seed excluded from the group, appended to the label).
     """
-    flat = [flatten(r.config) for r in runs]
+    # A key a run's config lacks because an older grpo-cli wrote it (e.g. trainer.adam_eps)
+    # ran at the default: fill it, so a version difference is not an experiment difference.
+    defaults = _schema_defaults() if any(r.config for r in runs) else {}
+    flat = [({**{k: v for k, v in defaults.items() if k not in f}, **f} if f else f)
+            for f in (flatten(r.config) for r in runs)]
     keys = sorted({k for f in flat for k in f})
     differing = [k for k in keys
                  if k not in _IDENTITY_KEYS and not k.startswith(_IDENTITY_PREFIXES)

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from grpo_cli.config.schema import LengthConfig, RewardConfig
-from grpo_cli.rewards.loader import RewardContractError, Scores
+from grpo_cli.errors import RewardContractError
+from grpo_cli.rewards.loader import Scores
 from grpo_cli.rewards.shaping import (
     cosine_length_reward,
     kimi_length_reward,

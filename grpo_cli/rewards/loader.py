@@ -17,18 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from grpo_cli.config.loader import ConfigError
+from grpo_cli.errors import ConfigError, RewardContractError, RewardError
 
 RewardFn = Callable[[list[dict[str, Any]]], list[Any]]
-
-
-class RewardError(RuntimeError):
-    """The reward function failed or returned something unusable; names the sample."""
-
-
-class RewardContractError(RewardError):
-    """The reward function ran but broke the contract (a list of one float or dict with
-    ``overall`` per input): bad user input, reported like a config error (exit 2)."""
 
 
 def load_reward_fn(spec: str, kwargs: dict[str, Any] | None = None) -> RewardFn:

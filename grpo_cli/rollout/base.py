@@ -15,32 +15,6 @@ from typing import Any, Literal, Protocol
 FinishReason = Literal["stop", "length"]
 
 
-class RolloutOutOfMemory(RuntimeError):
-    """Sampling ran out of accelerator memory; the message names the settings to lower."""
-
-    @classmethod
-    def advise(cls, sequences: int, max_new_tokens: int, n: int,
-               micro_batch_size: int) -> RolloutOutOfMemory:
-        return cls(
-            f"out of memory while sampling {sequences} sequences of up to {max_new_tokens} new "
-            f"tokens; lower rollout.micro_batch_size (now {micro_batch_size}), "
-            f"data.max_response_length (now {max_new_tokens}) or rollout.n (now {n}), or shard "
-            "the model with trainer.zero_stage=3"
-        )
-
-    @classmethod
-    def advise_vllm(cls, sequences: int, max_new_tokens: int, n: int,
-                    gpu_memory_utilization: float | None) -> RolloutOutOfMemory:
-        return cls(
-            f"out of memory while sampling {sequences} sequences of up to {max_new_tokens} new "
-            f"tokens with vLLM; lower data.max_response_length (now {max_new_tokens}) or "
-            f"rollout.n (now {n}), change rollout.gpu_memory_utilization (now "
-            f"{'null' if gpu_memory_utilization is None else gpu_memory_utilization}: vLLM's "
-            "share of the GPU, the rest is training's), or "
-            "raise rollout.tensor_parallel_size"
-        )
-
-
 @dataclass
 class Completion:
     """One sampled completion for one prompt."""

@@ -17,7 +17,8 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from grpo_cli.data.vision import concat_vision
-from grpo_cli.rollout.base import Completion, RolloutOutOfMemory, RolloutRequest, RolloutResult
+from grpo_cli.errors import RolloutOutOfMemory
+from grpo_cli.rollout.base import Completion, RolloutRequest, RolloutResult
 
 # Yields the module to sample from (under ZeRO-3: inside GatheredParameters).
 ModelContext = Callable[[], AbstractContextManager[torch.nn.Module]]

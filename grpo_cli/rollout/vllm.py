@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_cli.rollout.base import Completion, RolloutOutOfMemory, RolloutRequest, RolloutResult
+from grpo_cli.errors import RolloutOutOfMemory
+from grpo_cli.rollout.base import Completion, RolloutRequest, RolloutResult
 
 Weights = Callable[[], Iterable[tuple[str, torch.Tensor]]]
 

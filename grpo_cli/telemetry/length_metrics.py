@@ -10,6 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 _PERCENTILES = (10, 50, 90, 99)
+# What `step_length_metrics` takes from `grouped_length_stats` (the report uses them all).
+_STEP_KEYS = ("length/mean", *(f"length/p{q}" for q in _PERCENTILES), "length/clip_ratio",
+              "length/terminated_mean", "length/correct_mean", "length/incorrect_mean",
+              "reward/mean", "reward/std", "reward/truncated_mean")
 
 
 def step_length_metrics(
@@ -73,29 +77,14 @@ def step_length_metrics(
     if n == 0:
         return out
 
-    out["length/mean"] = float(lengths.mean())
+    stats = grouped_length_stats(np.zeros(n, dtype=np.int64), 1, lengths, truncated, rewards,
+                                 correct, _PERCENTILES)
+    out.update({k: float(v[0]) for k, v in stats.items() if k in _STEP_KEYS})
     out["length/std"] = float(lengths.std())
     out["length/min"] = int(lengths.min())
     out["length/max"] = int(lengths.max())
-    for q, v in zip(_PERCENTILES, np.percentile(lengths, _PERCENTILES), strict=True):
-        out[f"length/p{q}"] = float(v)
-    n_trunc = int(truncated.sum())
-    out["length/clip_ratio"] = n_trunc / n
-    if n_trunc < n:
-        out["length/terminated_mean"] = float(lengths[~truncated].mean())
-    if correct is not None:
-        known = ~np.isnan(correct)
-        is_right = known & (correct >= 0.5)
-        is_wrong = known & (correct < 0.5)
-        if is_right.any():
-            out["length/correct_mean"] = float(lengths[is_right].mean())
-        if is_wrong.any():
-            out["length/incorrect_mean"] = float(lengths[is_wrong].mean())
-
-    out["reward/mean"] = float(rewards.mean())
-    out["reward/std"] = float(rewards.std())
-    if n_trunc:
-        out["reward/truncated_mean"] = float(rewards[truncated].mean())
+    if not np.isfinite(rewards).all():  # reward statistics of a batch with a NaN reward
+        out = {k: v for k, v in out.items() if not k.startswith("reward/")}
 
     whole = np.zeros(n, dtype=np.int64)
     flat = np.array([np.ptp(rewards) == 0 or np.ptp(lengths) == 0])
@@ -111,6 +100,80 @@ def step_length_metrics(
         out["corr/within_group_spearman"] = float(per_group.mean())
         out["corr/within_group_count"] = int(per_group.size)
     return {k: v for k, v in out.items() if np.isfinite(v)}
+
+
+def grouped_length_stats(
+    inv: np.ndarray,  # [N] group index of each completion, 0..k-1
+    k: int,
+    lengths: np.ndarray,  # [N]
+    truncated: np.ndarray,  # [N] bool
+    rewards: np.ndarray,  # [N]; non-finite rewards are left out of the reward statistics
+    correct: np.ndarray | None,  # [N] 1/0, NaN unknown; None: no grader reports it
+    percentiles: tuple[int, ...] = (10, 50, 90),
+) -> dict[str, np.ndarray]:
+    """Length, truncation, reward and accuracy statistics of k groups at once ([k] each, NaN
+    where a group has nothing to average), with bincounts: one step's global batch (k=1) in
+    the loop, every step of a run (a group per step) in the report, by the same code.
+
+    Standard deviations are population (ddof=0), percentiles numpy's linear interpolation,
+    ``correct >= 0.5`` counts as correct.
+    """
+    lengths = np.asarray(lengths, dtype=np.float64)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    trunc = np.asarray(truncated, dtype=bool)
+    n = np.bincount(inv, minlength=k).astype(np.float64)
+    everyone = np.ones(lengths.shape[0], dtype=bool)
+    out: dict[str, np.ndarray] = {"completions": n}
+    out["length/mean"] = _group_mean(inv, lengths, everyone, k)
+    for q, values in grouped_percentiles(inv, lengths, percentiles, k).items():
+        out[f"length/p{q}"] = values
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["length/clip_ratio"] = np.bincount(inv, trunc.astype(np.float64), k) / n
+    out["length/terminated_mean"] = _group_mean(inv, lengths, ~trunc, k)
+    finite = np.isfinite(rewards)
+    mean = _group_mean(inv, rewards, finite, k)
+    out["reward/mean"] = mean
+    centred = np.where(finite, rewards - mean[inv], 0.0)  # two-pass: no cancellation
+    out["reward/std"] = np.sqrt(_group_mean(inv, centred**2, finite, k))
+    out["reward/truncated_mean"] = _group_mean(inv, rewards, finite & trunc, k)
+    out["reward/terminated_mean"] = _group_mean(inv, rewards, finite & ~trunc, k)
+    if correct is not None:
+        correct = np.asarray(correct, dtype=np.float64)
+        known = np.isfinite(correct)
+        right = known & (correct >= 0.5)
+        out["accuracy"] = _group_mean(inv, right.astype(np.float64), known, k)
+        out["length/correct_mean"] = _group_mean(inv, lengths, right, k)
+        out["length/incorrect_mean"] = _group_mean(inv, lengths, known & ~right, k)
+    return out
+
+
+def _group_mean(inv: np.ndarray, values: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """Per-group mean of ``values[mask]`` [k]; NaN for groups with no selected row."""
+    count = np.bincount(inv[mask], minlength=k).astype(np.float64)
+    total = np.bincount(inv[mask], values[mask], minlength=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def grouped_percentiles(
+    inv: np.ndarray, values: np.ndarray, qs: tuple[int, ...], k: int
+) -> dict[int, np.ndarray]:
+    """Percentiles per group with numpy's linear interpolation, from one lexsort."""
+    order = np.lexsort((values, inv))
+    ordered = values[order]
+    counts = np.bincount(inv, minlength=k)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = {}
+    for q in qs:
+        pos = (counts - 1).clip(min=0) * (q / 100.0)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.ceil(pos).astype(np.int64)
+        frac = pos - lo
+        last = max(ordered.shape[0] - 1, 0)
+        a = ordered[np.minimum(starts + lo, last)]
+        b = ordered[np.minimum(starts + hi, last)]
+        out[q] = np.where(counts > 0, a + (b - a) * frac, np.nan)
+    return out
 
 
 def length_histogram(

@@ -43,6 +43,11 @@ ROLLOUT_SCHEMA: dict[str, pa.DataType] = {
     "advantage": pa.float32(),
 }
 _REQUIRED_ROLLOUT = tuple(k for k in ROLLOUT_SCHEMA if k != "correct")
+# Written with logger.store_tokens=true: each row's token ids (variable length).
+TOKEN_COLUMNS: dict[str, pa.DataType] = {
+    "prompt_tokens": pa.list_(pa.int32()),
+    "completion_tokens": pa.list_(pa.int32()),
+}
 _PART_RE = re.compile(r"^part-(\d+)-(\d+)(?:-(\d+))?\.parquet$")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
 
@@ -338,7 +343,7 @@ def _rollout_table(chunks: list[dict[str, np.ndarray]]) -> pa.Table:
         names += [k for k in chunk if k not in names]
     arrays, fields = [], []
     for name in names:
-        dtype = ROLLOUT_SCHEMA.get(name, pa.float32())
+        dtype = ROLLOUT_SCHEMA.get(name) or TOKEN_COLUMNS.get(name) or pa.float32()
         pieces = []
         for chunk in chunks:
             n = chunk["step"].shape[0]
@@ -353,6 +358,8 @@ def _rollout_table(chunks: list[dict[str, np.ndarray]]) -> pa.Table:
                     mask = np.isnan(values)
             elif name == "truncated":
                 values = values.astype(bool)
+            elif name in TOKEN_COLUMNS:
+                values = [list(map(int, v)) for v in values]
             else:
                 values = _checked_int(name, values, dtype)
             pieces.append(pa.array(values, type=dtype, mask=mask))

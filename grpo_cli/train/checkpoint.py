@@ -1,6 +1,8 @@
 """Resumable checkpoints: DeepSpeed's engine state (ZeRO shards, optimiser, scheduler) plus
-what the loop needs to continue exactly where it stopped: the step, the prompt sampler's
-position and every RNG state.
+what the loop needs to continue exactly where it stopped: the step and the prompt sampler's
+position. RNG states are not saved: every random draw of the loop is seeded from (seed,
+step, rank), so a resumed run draws what the uninterrupted run drew (the resume tests
+compare the two bit for bit).
 
 A checkpoint counts only once ``complete.json`` exists in its tag directory. It is written
 last (atomically, by rank 0, after every rank has written its shard), so a process killed
@@ -16,23 +18,16 @@ a safetensors file.
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from grpo_cli.config.loader import ConfigError
+from grpo_cli.errors import CheckpointWriteError, UnsafeCheckpoint
 from grpo_cli.telemetry.store import atomic_write_text
 
 COMPLETE = "complete.json"
-
-
-class UnsafeCheckpoint(ConfigError):
-    """A checkpoint file holds objects other than tensors and DeepSpeed's plain records
-    (bad input: exit 2, one line)."""
 
 
 def _deepspeed_safe_globals() -> list[Any]:
@@ -72,30 +67,6 @@ def tag(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch RNG states as plain lists/tensors (loadable with
-    ``torch.load(weights_only=True)``: no pickled numpy objects)."""
-    version, internal, gauss_next = random.getstate()
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "python": [version, list(internal), gauss_next],
-        "numpy": [str(kind), keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (full disk, quota, file size limit)."""
-
-
 def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any],
          is_main: bool) -> Path:
     """Every rank writes its shard; then rank 0 marks the checkpoint complete.
@@ -105,7 +76,7 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any],
     """
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tag(step),
-                               client_state={**client_state, "step": step, "rng": rng_state()})
+                               client_state={**client_state, "step": step})
     except (OSError, RuntimeError) as e:  # torch reports a short write as a RuntimeError
         import shutil
 
@@ -138,8 +109,8 @@ def last_complete_step(ckpt_dir: Path) -> int | None:
 
 
 def load(engine: Any, ckpt_dir: Path, step: int) -> dict[str, Any]:
-    """Restore engine, optimiser and scheduler state and the RNGs; returns the client state
-    (``sampler``, ``step``)."""
+    """Restore engine, optimiser and scheduler state; returns the client state (``sampler``,
+    ``step``). No RNG state: the loop reseeds every draw from (seed, step, rank)."""
     if not isinstance(engine.checkpoint_engine, SafeCheckpointEngine):
         engine.checkpoint_engine = SafeCheckpointEngine(engine.checkpoint_engine)
     path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag(step),
@@ -147,5 +118,4 @@ def load(engine: Any, ckpt_dir: Path, step: int) -> dict[str, Any]:
                                           load_lr_scheduler_states=True)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag(step)}")
-    set_rng_state(client["rng"])
     return client

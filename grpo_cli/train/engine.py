@@ -111,7 +111,7 @@ def make_policy_engine(model: torch.nn.Module, cfg: RunConfig, config: dict[str,
     adamw = FiniteAdamW if t.zero_stage == 0 else torch.optim.AdamW
     optimizer = adamw(
         [p for p in model.parameters() if p.requires_grad],
-        lr=t.lr, betas=(t.betas[0], t.betas[1]), weight_decay=t.weight_decay,
+        lr=t.lr, betas=(t.betas[0], t.betas[1]), eps=t.adam_eps, weight_decay=t.weight_decay,
     )
     scheduler = None
     if t.warmup_steps > 0:

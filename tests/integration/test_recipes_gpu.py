@@ -4,15 +4,13 @@ Hugging Face cache (GPU machines here have no network): otherwise they skip, say
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from grpo_cli.rollout import vllm_platform
-from tests.conftest import REPO, cli_env
+from tests.helpers import REPO, run_grpo
 
 GPU_RECIPES = ["geo3k_qwen2_5_vl_3b", "geo3k_qwen2_5_vl_7b", "math12k_qwen2_5_1_5b"]
 
@@ -42,11 +40,9 @@ def test_recipe_runs_two_steps(name: str, runs_dir: Path) -> None:
     if recipe.rollout.backend == "vllm" and vllm_platform() != "cuda":
         pytest.skip("the recipe samples with vLLM: pip install 'grpo-cli[vllm]'")
     tp = min(int(recipe.rollout.tensor_parallel_size), gpus)
-    res = subprocess.run(
-        [sys.executable, "-m", "grpo_cli", "run", f"config=conf/experiment/{name}.yaml",
-         f"trainer.gpus={gpus}", "trainer.steps=2", f"trainer.prompts_per_step={gpus}",
-         "trainer.updates_per_batch=1", "trainer.val_every=0", "logger.progress=false",
-         f"rollout.tensor_parallel_size={tp}"],
-        cwd=REPO, env=cli_env(runs_dir) | {"HF_HUB_OFFLINE": "1"}, capture_output=True,
-        text=True, timeout=3600)
+    res = run_grpo(runs_dir, "run", f"config=conf/experiment/{name}.yaml",
+                   f"trainer.gpus={gpus}", "trainer.steps=2", f"trainer.prompts_per_step={gpus}",
+                   "trainer.updates_per_batch=1", "trainer.val_every=0", "logger.progress=false",
+                   f"rollout.tensor_parallel_size={tp}", env={"HF_HUB_OFFLINE": "1"},
+                   timeout=3600)
     assert res.returncode == 0, res.stderr[-4000:]

@@ -5,19 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from grpo_cli.telemetry.store import read_metrics
-from tests.conftest import REPO, TINY, cli_env
+from tests.helpers import TINY, run_grpo
 
-
-def _grpo(runs: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "grpo_cli", *args], cwd=REPO,
-                          env=cli_env(runs), capture_output=True, text=True, timeout=600)
+_grpo = run_grpo
 
 
 @pytest.fixture(scope="module")

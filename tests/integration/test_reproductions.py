@@ -10,8 +10,6 @@ that held for seeds 0, 1 and 2. The numbers are in each test's docstring, measur
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +17,7 @@ import pytest
 import yaml
 
 from grpo_cli.telemetry.store import read_metrics
-from tests.conftest import REPO, cli_env
+from tests.helpers import run_grpo
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +32,8 @@ def run_sweep(tmp_path_factory: pytest.TempPathFactory, sweep_file: str,
               *overrides: str) -> list[Arm]:
     """Run a shipped sweep file through the CLI; its arms in manifest order."""
     runs_dir = tmp_path_factory.mktemp("runs")
-    res = subprocess.run(
-        [sys.executable, "-m", "grpo_cli", "sweep", f"sweeps/{sweep_file}",
-         "logger.progress=false", *overrides],
-        cwd=REPO, env=cli_env(runs_dir), capture_output=True, text=True, timeout=900,
-    )
+    res = run_grpo(runs_dir, "sweep", f"sweeps/{sweep_file}", "logger.progress=false",
+                   *overrides, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     (manifest,) = (runs_dir / "sweeps").glob("*/manifest.json")
     arms = []

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,14 +14,9 @@ import pytest
 
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
 from grpo_cli.telemetry.wandb_files import read_wandb_history
-from tests.conftest import REPO, TINY, cli_env
+from tests.helpers import TINY, run_id_of, start_grpo
 
 BASE = [*TINY, "trainer.val_every=2", "val.num_prompts=4", "logger.sample_every=1"]
-
-
-def run_id_of(res: subprocess.CompletedProcess[str]) -> str:
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res.stdout.strip().splitlines()[-1]
 
 
 def comparable(metrics: list[dict]) -> list[dict]:
@@ -72,12 +66,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(grpo, runs_dir: Path) -
     steps = 20
     args = [*TINY, f"trainer.steps={steps}", "trainer.save_every=2"]
     full = run_id_of(grpo("run", *args, "logger.wandb.mode=disabled"))
-    proc = subprocess.Popen(  # W&B offline too: its files are cut short by the kill as well
-        [sys.executable, "-m", "grpo_cli", "run", *args, "run_id=killed",
-         "logger.wandb.mode=offline"],
-        cwd=REPO, env=cli_env(runs_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = start_grpo(  # W&B offline too: its files are cut short by the kill as well
+        runs_dir, "run", *args, "run_id=killed", "logger.wandb.mode=offline",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     metrics = runs_dir / "killed" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -96,8 +87,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(grpo, runs_dir: Path) -
     for shard in torn.glob("*.pt"):
         shard.write_bytes(shard.read_bytes()[:100])
 
-    res = subprocess.run([sys.executable, "-m", "grpo_cli", "run", "resume=killed"], cwd=REPO,
-                         env=cli_env(runs_dir), capture_output=True, text=True, timeout=600)
+    res = grpo("run", "resume=killed")
     assert res.returncode == 0, res.stderr[-3000:]
     lines = metrics.read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(steps))

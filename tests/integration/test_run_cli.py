@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
-from tests.conftest import REPO, TINY, cli_env
+from tests.helpers import REPO, TINY, cli_env, run_grpo, start_grpo
 
 
 def run_dir_of(runs_dir: Path, stdout: str) -> Path:
@@ -98,12 +98,13 @@ def test_two_cpu_ranks(runs_dir: Path, zero_stage: int, self_launched: bool) -> 
     steps, prompts, n = 2, 4, 4
     args = [*TINY, f"trainer.prompts_per_step={prompts}", f"trainer.steps={steps}", "max_len=24",
             f"trainer.zero_stage={zero_stage}", "algorithm.kl_coef=0.01"]
-    cmd = [sys.executable, "-m", "grpo_cli", "run", "trainer.gpus=2", *args] if self_launched \
-        else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-              "--standalone", "-m", "grpo_cli", "run", *args]
-    env = cli_env(runs_dir)
-    env["OMP_NUM_THREADS"] = "1"
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if self_launched:
+        res = run_grpo(runs_dir, "run", "trainer.gpus=2", *args, env={"OMP_NUM_THREADS": "1"})
+    else:  # what a cluster script does: torchrun starts the ranks
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--standalone", "-m", "grpo_cli", "run", *args]
+        res = subprocess.run(cmd, cwd=REPO, env=cli_env(runs_dir, OMP_NUM_THREADS="1"),
+                             capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     (run,) = [p for p in runs_dir.iterdir() if p.is_dir()]
     assert json.loads((run / "meta.json").read_text())["world_size"] == 2
@@ -130,10 +131,9 @@ def test_signal_finishes_the_step_checkpoints_and_resumes(runs_dir: Path, sig: s
     import signal
     import time
 
-    cmd = [sys.executable, "-m", "grpo_cli", "run", *TINY, "trainer.steps=500", "max_len=16",
-           "logger.wandb.mode=disabled", "trainer.save_on_interrupt=true", "run_id=sig"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(runs_dir), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_grpo(runs_dir, "run", *TINY, "trainer.steps=500", "max_len=16",
+                      "logger.wandb.mode=disabled", "trainer.save_on_interrupt=true",
+                      "run_id=sig", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics = runs_dir / "sig" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -149,8 +149,6 @@ def test_signal_finishes_the_step_checkpoints_and_resumes(runs_dir: Path, sig: s
     assert 2 <= len(steps) < 500 and steps == list(range(len(steps)))
     assert meta["last_checkpoint_step"] == steps[-1]  # the finished step was saved
 
-    res = subprocess.run([sys.executable, "-m", "grpo_cli", "run", "resume=sig",
-                          f"trainer.steps={len(steps) + 2}"], cwd=REPO, env=cli_env(runs_dir),
-                         capture_output=True, text=True, timeout=300)
+    res = run_grpo(runs_dir, "run", "resume=sig", f"trainer.steps={len(steps) + 2}")
     assert res.returncode == 0, res.stderr[-2000:]
     assert [m["step"] for m in read_metrics(runs_dir / "sig")] == list(range(len(steps) + 2))

@@ -6,21 +6,17 @@ from __future__ import annotations
 import json
 import resource
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
-from tests.conftest import REPO, TINY, cli_env
+from tests.helpers import TINY, run_grpo
 
 SECRET = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B API key
 
 
 def test_wandb_api_key_is_never_written_to_the_run(runs_dir: Path) -> None:
-    env = cli_env(runs_dir) | {"WANDB_API_KEY": SECRET}
-    res = subprocess.run([sys.executable, "-m", "grpo_cli", "run", *TINY, "trainer.steps=1",
-                          "logger.wandb.mode=offline", "logger.sample_every=1"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    res = run_grpo(runs_dir, "run", *TINY, "trainer.steps=1", "logger.wandb.mode=offline",
+                   "logger.sample_every=1", env={"WANDB_API_KEY": SECRET}, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert SECRET not in res.stdout + res.stderr
     files = [p for p in runs_dir.rglob("*") if p.is_file()]
@@ -38,11 +34,9 @@ def test_diverging_run_skips_bad_updates_then_stops_at_max_bad_steps(runs_dir: P
     reward.write_text("def compute_score(inputs):\n"
                       "    return [{'overall': 1e300 if i % 2 else -1e300}\n"
                       "            for i, _ in enumerate(inputs)]\n")
-    res = subprocess.run(
-        [sys.executable, "-m", "grpo_cli", "run", *TINY, "trainer.steps=6", "run_id=div",
-         "logger.wandb.mode=disabled", f"reward.function={reward}:compute_score",
-         "algorithm.norm_adv_by_std=false", "trainer.max_bad_steps=1"],
-        cwd=REPO, env=cli_env(runs_dir), capture_output=True, text=True, timeout=300)
+    res = run_grpo(runs_dir, "run", *TINY, "trainer.steps=6", "run_id=div",
+                   "logger.wandb.mode=disabled", f"reward.function={reward}:compute_score",
+                   "algorithm.norm_adv_by_std=false", "trainer.max_bad_steps=1", timeout=300)
     assert res.returncode == 1, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 2 optimiser updates had non-finite gradients")
@@ -65,11 +59,9 @@ def test_a_checkpoint_that_cannot_be_written_fails_in_one_line_and_keeps_the_rec
     """A full disk, simulated with a file size limit that the 3 MB model checkpoint exceeds
     while the run's records fit: exit 1, one line naming the checkpoint, the partial
     checkpoint removed, every step before it readable, status failed."""
-    res = subprocess.run(
-        [sys.executable, "-m", "grpo_cli", "run", *TINY, "trainer.steps=4", "run_id=full",
-         "trainer.save_every=2", "logger.wandb.mode=offline", "logger.sample_every=1"],
-        cwd=REPO, env=cli_env(runs_dir), capture_output=True, text=True, timeout=300,
-        preexec_fn=_limit_file_size)
+    res = run_grpo(runs_dir, "run", *TINY, "trainer.steps=4", "run_id=full",
+                   "trainer.save_every=2", "logger.wandb.mode=offline", "logger.sample_every=1",
+                   timeout=300, preexec_fn=_limit_file_size)
     assert res.returncode == 1, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error: checkpoint ") and "step-000001 could not be written" in last

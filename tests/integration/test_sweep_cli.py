@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from grpo_cli.telemetry.store import read_metrics
-from tests.conftest import TINY
+from tests.helpers import TINY, run_grpo
 
 SHORT = [*TINY, "trainer.steps=2", "logger.wandb.mode=offline"]
 
@@ -75,7 +75,10 @@ def test_failing_arm_does_not_stop_the_other_and_resume_retries_it(
     man2 = manifest(runs_dir)
     assert [a["status"] for a in man2["arms"]] == ["completed", "completed"]
     assert man2["arms"][0]["run_id"].endswith("-r1")
-    assert (done / "metrics.jsonl").read_text() == before  # untouched
+    # the completed arm keeps its run: same id, no new directory, records untouched
+    assert man2["arms"][1]["run_id"] == man["arms"][1]["run_id"]
+    assert not (runs_dir / f"{man['arms'][1]['run_id']}-r1").exists()
+    assert (done / "metrics.jsonl").read_text() == before
 
 
 def test_resume_continues_an_unfinished_arm_from_its_checkpoint(
@@ -126,11 +129,6 @@ def test_slurm_launcher_submits_one_multi_gpu_job_per_arm(runs_dir: Path, tmp_pa
     `sbatch` is a stand-in on PATH that keeps the script it is given and refuses to submit
     (and `srun` one that submitit looks for), so everything up to the submission is the real
     Hydra and submitit."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO, cli_env
-
     bin_dir, kept = tmp_path / "bin", tmp_path / "kept"
     bin_dir.mkdir()
     kept.mkdir()
@@ -140,13 +138,10 @@ def test_slurm_launcher_submits_one_multi_gpu_job_per_arm(runs_dir: Path, tmp_pa
     sbatch.chmod(0o755)
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks it exists
     (bin_dir / "srun").chmod(0o755)
-    env = cli_env(runs_dir)
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    res = subprocess.run(
-        [sys.executable, "-m", "grpo_cli", "sweep", "max_len=1024,2048",
-         "config=conf/experiment/geo3k_qwen2_5_vl_7b.yaml", "rollout.backend=hf",
-         "trainer.nodes=2", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    res = run_grpo(runs_dir, "sweep", "max_len=1024,2048",
+                   "config=conf/experiment/geo3k_qwen2_5_vl_7b.yaml", "rollout.backend=hf",
+                   "trainer.nodes=2", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                   env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, timeout=300)
     assert res.returncode != 0  # nothing was submitted
     (script,) = [p.read_text() for p in kept.iterdir()]
     header = {line for line in script.splitlines() if line.startswith("#SBATCH")}

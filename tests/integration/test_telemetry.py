@@ -11,26 +11,18 @@ from scipy import stats
 
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
 from grpo_cli.telemetry.wandb_files import find_run_file, read_wandb_history
-from tests.conftest import TINY
+from tests.helpers import TINY, run_grpo, run_id_of
 
 STEPS, PROMPTS, N, CAP = 3, 4, 4, 24
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO, cli_env
-
     runs = tmp_path_factory.mktemp("runs")
-    cmd = [sys.executable, "-m", "grpo_cli", "run", *TINY, f"trainer.steps={STEPS}",
-           f"trainer.prompts_per_step={PROMPTS}", f"rollout.n={N}", f"max_len={CAP}",
-           "+reward.kwargs.format_weight=0.5"]
-    res = subprocess.run(cmd, cwd=REPO, env=cli_env(runs), capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return runs / res.stdout.strip().splitlines()[-1]
+    res = run_grpo(runs, "run", *TINY, f"trainer.steps={STEPS}",
+                   f"trainer.prompts_per_step={PROMPTS}", f"rollout.n={N}", f"max_len={CAP}",
+                   "+reward.kwargs.format_weight=0.5")
+    return runs / run_id_of(res)
 
 
 def expected_metrics(rows) -> dict[str, float]:

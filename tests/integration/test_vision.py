@@ -23,8 +23,8 @@ from grpo_cli.models.toy_vl import IMAGE_PAD
 from grpo_cli.rollout.base import RolloutRequest
 from grpo_cli.rollout.hf import HFRollout
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
-from grpo_cli.train.loop import forward_logprobs, make_batch
-from tests.conftest import TINY
+from grpo_cli.train.batch import forward_logprobs, make_batch
+from tests.helpers import TINY
 
 # 112x28 pixels -> 2x8 patches of 14 px (one temporal slice), merged 2x2 -> 4 image tokens.
 GRID = [1, IMAGE_SIZE[1] // 14, IMAGE_SIZE[0] // 14]

@@ -5,25 +5,21 @@ whole resume path is exercised end to end in tests/integration/test_resume.py.""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
-from grpo_cli.config.schema import RunConfig
+from grpo_cli.errors import UnsafeCheckpoint
 from grpo_cli.train import engine as eng
 from grpo_cli.train.checkpoint import (
     COMPLETE,
-    UnsafeCheckpoint,
     last_complete_step,
     load,
-    rng_state,
     save,
-    set_rng_state,
 )
+from tests.helpers import tiny_engine
 
 
 def test_only_checkpoints_with_a_completion_marker_count(tmp_path: Path) -> None:
@@ -39,20 +35,6 @@ def test_only_checkpoints_with_a_completion_marker_count(tmp_path: Path) -> None
     assert last_complete_step(tmp_path) == 5
 
 
-def test_rng_state_round_trips_and_loads_with_weights_only(tmp_path: Path) -> None:
-    random.seed(1)
-    np.random.seed(2)
-    torch.manual_seed(3)
-    state = rng_state()
-    torch.save(state, tmp_path / "rng.pt")
-    expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    random.seed(9)
-    np.random.seed(9)
-    torch.manual_seed(9)
-    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
-    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
-
-
 class _Exploit:
     """Unpickling this runs code (it creates a file): what a tampered checkpoint could do."""
 
@@ -64,13 +46,7 @@ class _Exploit:
 
 
 def _engine(stage: int) -> Any:
-    eng.init_distributed()
-    cfg = RunConfig()
-    cfg.trainer.zero_stage, cfg.trainer.lr = stage, 0.05
-    cfg.trainer.prompts_per_step, cfg.rollout.n, cfg.trainer.micro_batch_size = 1, 2, 2
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
-    return eng.make_policy_engine(model, cfg, eng.ds_config(cfg, 1))
+    return tiny_engine(stage, lr=0.05)
 
 
 def _train_step(engine: Any, x: torch.Tensor) -> None:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from grpo_cli.config.schema import LengthConfig, RewardConfig
+from grpo_cli.errors import RewardError
 from grpo_cli.rewards.combine import combine_rewards
-from grpo_cli.rewards.loader import RewardError, Scores
+from grpo_cli.rewards.loader import Scores
 
 
 def scores(correct: list[float] | None = None) -> Scores:

@@ -6,15 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from grpo_cli.config.loader import (
-    ConfigError,
-    compose,
-    conf_dir,
-    load_run_config,
-    parse_args,
-    to_run_config,
-)
+from grpo_cli.config.loader import compose, conf_dir, parse_args, to_run_config
 from grpo_cli.config.validate import val_cap, validate
+from grpo_cli.errors import ConfigError
+from grpo_cli.startup import load_run_config
 from grpo_cli.sweep import plan
 
 CONF = conf_dir()
@@ -102,6 +97,13 @@ def test_parse_args_rejects_non_override() -> None:
         (["rollout=vllm", "rollout.sleep_level=3"], "rollout.sleep_level=3: allowed 0-2"),
         (["rollout=vllm", "rollout.gpu_memory_utilization=1.0"],
          "rollout.gpu_memory_utilization=1.0: must be in"),
+        (["rollout.top_p=1.5"], r"rollout.top_p=1.5: must be in \(0, 1\]"),
+        (["rollout.top_p=0"], "rollout.top_p=0.0: must be in"),
+        (["rollout.temperature=0"], "rollout.temperature=0.0: must be > 0"),
+        (["rollout.n=1"], "rollout.n=1: GRPO needs at least 2"),
+        (["trainer.adam_eps=0"], "trainer.adam_eps=0.0: must be > 0"),
+        (["trainer.grad_clip=-1"], "trainer.grad_clip=-1.0: must be >= 0"),
+        (["trainer.lr=0"], "trainer.lr=0.0: must be > 0"),
     ],
 )
 def test_bad_config_names_the_key(args: list[str], pattern: str) -> None:

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from grpo_cli.config.loader import ConfigError
 from grpo_cli.config.schema import DataConfig
 from grpo_cli.data.datasets import PromptSampler, build_prompts, load_rows
+from grpo_cli.errors import ConfigError
 from grpo_cli.models.load import load_tokenizer
 from grpo_cli.models.toy import TOY_MODEL_DIR
 

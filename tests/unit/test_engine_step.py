@@ -6,19 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_cli.config.schema import RunConfig
 from grpo_cli.train import engine as eng
+from tests.helpers import tiny_engine
 
 
 @pytest.mark.parametrize("stage", [0, 2])
 def test_non_finite_gradients_skip_the_update(stage: int) -> None:
-    eng.init_distributed()
-    cfg = RunConfig()
-    cfg.trainer.zero_stage, cfg.trainer.lr = stage, 0.1
-    cfg.trainer.prompts_per_step, cfg.rollout.n, cfg.trainer.micro_batch_size = 1, 2, 2
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
-    engine = eng.make_policy_engine(model, cfg, eng.ds_config(cfg, 1))
+    engine = tiny_engine(stage, lr=0.1, hidden=4)
     x = torch.randn(2, 4)
 
     def weights() -> list[torch.Tensor]:

@@ -9,9 +9,9 @@ import pytest
 from deepspeed.launcher import runner as ds_runner
 from torch.distributed import run as torchrun
 
-from grpo_cli.config.loader import ConfigError
 from grpo_cli.config.schema import RunConfig, TrainerConfig
 from grpo_cli.config.validate import validate
+from grpo_cli.errors import ConfigError
 from grpo_cli.launch import launch_command, needs_launch
 
 ARGS = ["config=conf/experiment/geo3k_qwen2_5_vl_7b.yaml", "max_len=1024"]

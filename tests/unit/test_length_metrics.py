@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from scipy import stats
@@ -149,22 +147,6 @@ def test_within_group_spearman_skips_constant_groups_and_counts_used_ones() -> N
 def test_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="rewards"):
         metrics(lengths=[1, 2], truncated=[0, 0], rewards=[1.0], groups=[0, 0])
-
-
-def test_fast_for_512_completions() -> None:
-    rng = np.random.default_rng(3)
-    n = 512
-    args = (rng.integers(1, 2049, n), rng.random(n) < 0.1, rng.random(n),
-            np.repeat(np.arange(n // 8), 8), rng.integers(0, 2, n).astype(float), 2048)
-    step_length_metrics(*args)
-    best = min(_timed(step_length_metrics, args) for _ in range(20))
-    assert best < 0.005, f"{best * 1e3:.2f} ms"
-
-
-def _timed(fn, args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
 
 
 def test_histogram_has_fixed_edges_and_keeps_overflow() -> None:

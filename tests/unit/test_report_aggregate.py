@@ -6,13 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grpo_cli.report.aggregate import (
-    grouped_percentiles,
-    rollout_heatmap,
-    rollout_step_table,
-    window,
-)
+from grpo_cli.report.aggregate import rollout_heatmap, rollout_step_table, window
 from grpo_cli.report.load import Rollouts
+from grpo_cli.telemetry.length_metrics import grouped_percentiles
 
 
 def _rollouts(seed: int = 0, steps: int = 7, per_step: int = 33) -> Rollouts:

@@ -91,6 +91,23 @@ def test_coupling_turning_negative_is_reported_with_its_numbers(tmp_path: Path) 
     assert diagnose(replace(s, corr_within_early=-0.4))[0].kind == "healthy"
 
 
+def test_truncation_pressure_needs_truncated_completions_to_earn_less(tmp_path: Path) -> None:
+    """The collapse's length fall and clip ratio alone are not truncation pressure: the
+    truncated completions must also earn less than the rest, by more than the threshold."""
+    from dataclasses import replace
+
+    from grpo_cli.report.diagnosis import TRUNC_REWARD_GAP_STD
+
+    path = write_synthetic_run(tmp_path, "collapse-run", "collapse")
+    s = analyse_run(load_store_run(path)).summary
+    assert "truncation-pressure" in [f.kind for f in diagnose(s)]
+    threshold = TRUNC_REWARD_GAP_STD * s.reward_std
+    for gap, expected in ((0.0, False), (-0.3, False), (0.9 * threshold, False),
+                          (1.1 * threshold, True)):
+        t = replace(s, reward_truncated=s.reward_terminated - gap)
+        assert ("truncation-pressure" in [f.kind for f in diagnose(t)]) == expected, gap
+
+
 def test_a_binding_cap_without_a_trend_is_an_info_finding(tmp_path: Path) -> None:
     from dataclasses import replace
 

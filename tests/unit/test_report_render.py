@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo_cli.config.loader import ConfigError
+from grpo_cli.errors import ConfigError
 from grpo_cli.report import build_report
 from grpo_cli.report.load import load_targets
 from grpo_cli.report.render import fence

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grpo_cli.config.loader import ConfigError
-from grpo_cli.rewards.loader import RewardError, load_reward_fn, score_batch
+from grpo_cli.errors import ConfigError, RewardError
+from grpo_cli.rewards.loader import load_reward_fn, score_batch
 from grpo_cli.rewards.math import compute_score, extract_answer, final_answer_score
 
 

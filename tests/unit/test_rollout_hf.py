@@ -98,7 +98,7 @@ def test_out_of_memory_names_the_settings_to_lower(model: Qwen2ForCausalLM,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A CUDA out-of-memory cannot happen on this CPU machine, so `generate` is replaced by
     one that raises torch's OutOfMemoryError (the GPU boundary); the rest is real."""
-    from grpo_cli.rollout.base import RolloutOutOfMemory
+    from grpo_cli.errors import RolloutOutOfMemory
 
     def oom(*args: object, **kwargs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -117,7 +117,7 @@ def test_cli_reports_out_of_memory_in_one_line(capsys: pytest.CaptureFixture[str
     import typer
 
     from grpo_cli.cli import _guard
-    from grpo_cli.rollout.base import RolloutOutOfMemory
+    from grpo_cli.errors import RolloutOutOfMemory
 
     def fail() -> None:
         raise RolloutOutOfMemory.advise(64, 2048, 5, 64)

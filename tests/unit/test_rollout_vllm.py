@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from grpo_cli.config.loader import ConfigError, load_run_config
+from grpo_cli.errors import ConfigError
 from grpo_cli.rollout.base import RolloutRequest
 from grpo_cli.rollout.vllm import (
     MiB,
@@ -18,6 +18,7 @@ from grpo_cli.rollout.vllm import (
     tp_groups,
     vllm_prompts,
 )
+from grpo_cli.startup import load_run_config
 
 
 def test_image_pads_collapse_to_what_the_tokenizer_gives_the_template() -> None:

@@ -10,41 +10,19 @@ cache miss")."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
-from tests.conftest import REPO, TINY, cli_env
+from tests.helpers import CORRECT, TINY, finished_vllm_run, gaps, run_grpo
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-
-CORRECT = 1e-5
-
-
-def grpo_run(runs_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "grpo_cli", "run", *TINY, "rollout=vllm",
-                           *args], cwd=REPO, env=cli_env(runs_dir), capture_output=True,
-                          text=True, timeout=900)
-
-
-def finished_run(runs_dir: Path, *args: str) -> Path:
-    res = grpo_run(runs_dir, *args)
-    assert res.returncode == 0, res.stderr[-4000:]
-    (run,) = [p for p in runs_dir.iterdir() if p.is_dir()]
-    return run
-
-
-def gaps(run: Path) -> list[float]:
-    return [m["rollout/logprob_diff"] for m in read_metrics(run)]
-
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_text_toy_pushes_weights_every_step(runs_dir: Path, zero_stage: int) -> None:
     cap = 10  # the toy often answers in exactly 10 tokens, EOS included
-    run = finished_run(runs_dir, f"max_len={cap}", f"trainer.zero_stage={zero_stage}",
+    run = finished_vllm_run(runs_dir, f"max_len={cap}", f"trainer.zero_stage={zero_stage}",
                        "trainer.steps=4", "trainer.prompts_per_step=4", "trainer.val_every=2",
                        "trainer.num_threads=2")
     assert [m["step"] for m in read_metrics(run)] == [0, 1, 2, 3]
@@ -64,7 +42,7 @@ def test_vision_toy_pushes_the_vision_tower_and_drops_old_image_embeddings(
         runs_dir: Path) -> None:
     """Two rows only, so every step samples the same images again: with image embeddings
     of the old weights kept (or the scheduler's record of them), step 1 on goes wrong."""
-    run = finished_run(runs_dir, "config=conf/experiment/toy_vl.yaml", "trainer.steps=3",
+    run = finished_vllm_run(runs_dir, "config=conf/experiment/toy_vl.yaml", "trainer.steps=3",
                        "data.toy_size=2", "val.num_prompts=2", "trainer.val_every=0")
     assert len(read_metrics(run)) == 3
     assert max(gaps(run)) < CORRECT, gaps(run)
@@ -72,7 +50,7 @@ def test_vision_toy_pushes_the_vision_tower_and_drops_old_image_embeddings(
 
 @pytest.mark.parametrize("tp", [1, 2])
 def test_two_ranks_with_one_engine_each_or_one_shared(runs_dir: Path, tp: int) -> None:
-    run = finished_run(runs_dir, "trainer.gpus=2", f"rollout.tensor_parallel_size={tp}",
+    run = finished_vllm_run(runs_dir, "trainer.gpus=2", f"rollout.tensor_parallel_size={tp}",
                        "trainer.steps=3", "trainer.val_every=0")
     assert [m["step"] for m in read_metrics(run)] == [0, 1, 2]
     assert max(gaps(run)) < CORRECT, gaps(run)
@@ -89,7 +67,7 @@ def test_settings_the_cpu_build_cannot_honour_fail_in_one_line(
 
     if vllm_platform() != "cpu":
         pytest.skip("CPU build only")
-    res = grpo_run(runs_dir, *args)
+    res = run_grpo(runs_dir, "run", *TINY, "rollout=vllm", *args, timeout=900)
     assert res.returncode == 2
     (line,) = res.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line

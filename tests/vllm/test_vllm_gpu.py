@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from grpo_cli.telemetry.store import read_metrics
-from tests.vllm.test_vllm_cli import CORRECT, finished_run, gaps
+from tests.helpers import CORRECT, finished_vllm_run, gaps
 
 pytestmark = [pytest.mark.gpu, pytest.mark.vllm, pytest.mark.slow]
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_sleeping_engine_gets_every_push(runs_dir: Path, zero_stage: int) -> None:
-    run = finished_run(runs_dir, "max_len=24", f"trainer.zero_stage={zero_stage}",
+    run = finished_vllm_run(runs_dir, "max_len=24", f"trainer.zero_stage={zero_stage}",
                        "trainer.steps=3", "rollout.gpu_memory_utilization=0.3")
     meta = json.loads((run / "meta.json").read_text())
     assert meta["vllm_engine"].startswith("vLLM on CUDA: 0.3 of each GPU")
@@ -28,7 +28,7 @@ def test_sleeping_engine_gets_every_push(runs_dir: Path, zero_stage: int) -> Non
 
 
 def test_vision_toy_on_gpu_drops_old_image_embeddings(runs_dir: Path) -> None:
-    run = finished_run(runs_dir, "config=conf/experiment/toy_vl.yaml", "trainer.steps=3",
+    run = finished_vllm_run(runs_dir, "config=conf/experiment/toy_vl.yaml", "trainer.steps=3",
                        "data.toy_size=2", "val.num_prompts=2", "trainer.val_every=0",
                        "rollout.gpu_memory_utilization=0.3")
     assert max(gaps(run)) < CORRECT, gaps(run)

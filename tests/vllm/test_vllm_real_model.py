@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
-from tests.integration.test_real_model import SUMS
-from tests.vllm.test_vllm_cli import finished_run, gaps
+from tests.helpers import SUMS, finished_vllm_run, gaps
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 def test_real_model_samples_with_vllm_under_zero3(runs_dir: Path) -> None:
-    run = finished_run(runs_dir, *SUMS, "trainer.steps=3", "trainer.zero_stage=3",
+    run = finished_vllm_run(runs_dir, *SUMS, "trainer.steps=3", "trainer.zero_stage=3",
                        "trainer.lr=1e-4")
     assert [m["step"] for m in read_metrics(run)] == [0, 1, 2]
     # fp32, 30 layers: ~9e-6 per token when the push is right; with pushes skipped, 0.51

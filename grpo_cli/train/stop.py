@@ -1,0 +1,54 @@
+"""Stopping on a signal: SIGTERM (SLURM preemption, kill) and Ctrl-C end the run after the
+current step, on every rank at the same step; a second signal ends it at once."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from grpo_cli.errors import Terminated
+from grpo_cli.train import engine as eng
+
+
+@dataclass
+class StopRequest:
+    """A signal asked the run to stop: the loop finishes its step, saves if asked, then stops."""
+
+    signum: int | None = None
+
+    def handler(self, signum: int, frame: object) -> None:
+        if self.signum is not None:  # the second signal: stop now
+            self.signum = signum
+            self.stop_now()
+        self.signum = signum
+
+    def agreed(self, d: eng.Dist) -> bool:
+        """Whether any rank was signalled (ranks must stop at the same step)."""
+        (flag,) = eng.all_reduce_sum([float(self.signum is not None)], d.device, d.world)
+        if flag and self.signum is None:
+            self.signum = signal.SIGTERM
+        return flag > 0
+
+    def stop_now(self) -> None:
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(f"signal {self.signum}")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Route SIGTERM and SIGINT to a :class:`StopRequest` for the duration. Handlers need the
+    main thread; sweep arms run in threads keep the defaults."""
+    stop = StopRequest()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM,
+                                                                       signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,94 @@
+"""What several test modules share: the real `grpo` CLI as a subprocess, its environment,
+the small batches the integration tests train on, and readers of a finished run. Test
+modules import from here, never from each other."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from grpo_cli.telemetry.store import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small but real: 2 prompts x 4 samples per step, short caps, no progress bar.
+TINY = ["trainer.prompts_per_step=2", "rollout.n=4", "trainer.micro_batch_size=4",
+        "logger.progress=false", "data.toy_size=64", "val.num_prompts=4"]
+
+# The real model (SmolLM2-135M-Instruct from its GGUF file) on its sums task, small.
+SUMS = ["config=conf/experiment/smollm2_sums.yaml", "trainer.prompts_per_step=2",
+        "rollout.n=4", "trainer.micro_batch_size=4", "trainer.val_every=0",
+        "logger.progress=false", "max_len=32"]
+
+# Sampler vs trainer log-prob gap (mean |diff| per token) of a correct weight push in fp32.
+CORRECT = 1e-5
+
+
+def cli_env(runs_dir: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(GRPO_RUNS_DIR=str(runs_dir), WANDB_SILENT="true", WANDB_MODE="offline",
+               TOKENIZERS_PARALLELISM="false")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    env.update(extra)
+    return env
+
+
+def grpo_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "grpo_cli", *args]
+
+
+def run_grpo(runs_dir: Path, *args: str, timeout: float = 600, env: dict[str, str] | None = None,
+             **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """`grpo ARGS...` as a user runs it; ``env`` adds to (or overrides) :func:`cli_env`."""
+    return subprocess.run(grpo_cmd(*args), cwd=REPO, env=cli_env(runs_dir) | (env or {}),
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def start_grpo(runs_dir: Path, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    """`grpo ARGS...` in the background (to signal or kill it)."""
+    return subprocess.Popen(grpo_cmd(*args), cwd=REPO, env=cli_env(runs_dir), text=True,
+                            **kwargs)
+
+
+def run_id_of(res: subprocess.CompletedProcess[str]) -> str:
+    """The run id `grpo run` prints last, after checking it succeeded."""
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout.strip().splitlines()[-1]
+
+
+def only_run(runs_dir: Path) -> Path:
+    (run,) = [p for p in runs_dir.iterdir() if p.is_dir() and p.name != "sweeps"]
+    return run
+
+
+def finished_vllm_run(runs_dir: Path, *args: str) -> Path:
+    """`grpo run` of the toy's TINY batch with vLLM sampling (ARGS after, so they win); the
+    run's directory once it succeeded."""
+    res = run_grpo(runs_dir, "run", *TINY, "rollout=vllm", *args, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return only_run(runs_dir)
+
+
+def tiny_engine(stage: int, lr: float, hidden: int = 8) -> Any:
+    """A real DeepSpeed engine (CPU, gloo, one rank) on a 4 -> hidden -> 1 MLP, seeded."""
+    import torch
+
+    from grpo_cli.config.schema import RunConfig
+    from grpo_cli.train import engine as eng
+
+    eng.init_distributed()
+    cfg = RunConfig()
+    cfg.trainer.zero_stage, cfg.trainer.lr = stage, lr
+    cfg.trainer.prompts_per_step, cfg.rollout.n, cfg.trainer.micro_batch_size = 1, 2, 2
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.Linear(hidden, 1))
+    return eng.make_policy_engine(model, cfg, eng.ds_config(cfg, 1))
+
+
+def gaps(run: Path) -> list[float]:
+    """Each step's sampler vs trainer log-prob gap."""
+    return [m["rollout/logprob_diff"] for m in read_metrics(run)]

@@ -1,0 +1,243 @@
+"""The training step end to end: the real loop (real DeepSpeed engine, the toy model, the hf
+sampler) runs one step, and its parameter update must equal an independent computation from
+nothing but the stored rollout rows (token ids, rewards) and the model before the step.
+
+The reference below re-derives everything the step derives, from the formulas of
+LITERATURE.md, without any grpo_cli code: truncation from the tokens (no EOS at the end),
+group advantages, the loss mask, the loss weights over the whole global update batch, the
+clipped surrogate and k3 KL, one plain autograd pass over every row (each row alone, no
+padding), then torch's AdamW. AdamW runs with ``trainer.adam_eps=1``, which makes its first
+step nearly linear in the gradient (update = -lr * g / (|g| + 1)), so a wrong scale of the
+loss shows in the update instead of being normalised away.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from grpo_cli.config.schema import TOY
+from grpo_cli.models.load import resolve_model_path
+
+N = 4  # rollout.n
+PROMPTS = 4  # trainer.prompts_per_step
+CAP = 24  # data.max_response_length: some completions end with EOS exactly here
+COMMON = [
+    "trainer.steps=1", "trainer.save_final=true", "logger.store_tokens=true",
+    "logger.progress=false", "logger.wandb.mode=disabled", "trainer.val_every=0",
+    f"rollout.n={N}", f"trainer.prompts_per_step={PROMPTS}", f"max_len={CAP}",
+    "data.toy_size=64", "trainer.lr=0.5", "trainer.adam_eps=1.0", "trainer.grad_clip=0",
+    "trainer.micro_batch_size=4", "seed=6",
+]
+
+
+def run_step(runs_dir: Path, overrides: list[str]) -> Path:
+    """One real training step in this process, exactly as `grpo run` calls it."""
+    from grpo_cli.startup import load_run_config
+    from grpo_cli.train.loop import train
+
+    cfg, resolved = load_run_config([*COMMON, *overrides, f"runs_dir={runs_dir}"])
+    return runs_dir / train(cfg, resolved)
+
+
+def knobs(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def rows_of(run_dir: Path) -> pd.DataFrame:
+    parts = sorted((run_dir / "rollouts").glob("part-*.parquet"))
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def weights_after(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The module weights DeepSpeed saved after step 0 (ZeRO 0-2 keep them whole)."""
+    path = run_dir / "checkpoints" / "step-000000" / "mp_rank_00_model_states.pt"
+    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+
+
+# --- the independent reference -------------------------------------------------------------
+
+def truth_truncated(completions: list[list[int]], eos: set[int], cap: int) -> np.ndarray:
+    """hf stops at the first EOS or at the cap: a completion without a final EOS was cut."""
+    assert all(1 <= len(c) <= cap for c in completions)
+    assert all(t not in eos for c in completions for t in c[:-1])  # EOS only ever last
+    return np.array([c[-1] not in eos for c in completions])
+
+
+def ref_advantages(rewards: np.ndarray, valid: np.ndarray, n: int, by_std: bool,
+                   eps: float) -> np.ndarray:
+    out = np.zeros(len(rewards))
+    for g in range(0, len(rewards), n):
+        r, v = rewards[g : g + n].astype(np.float64), valid[g : g + n]
+        if v.sum() < 2 or r[v].max() == r[v].min():
+            continue  # no signal: all zero
+        a = r[v] - r[v].mean()
+        if by_std:
+            a = a / (r[v].std(ddof=1) + eps)
+        out[g : g + n][v] = a
+    return out
+
+
+def ref_weights(lengths: list[int], carries: np.ndarray, mode: str, c: float) -> list[float]:
+    """Per-token weight of each row (all tokens of a row weigh the same), global counts."""
+    seqs = float(carries.sum())
+    tokens = float(sum(n for n, k in zip(lengths, carries, strict=True) if k))
+    out = []
+    for n, k in zip(lengths, carries, strict=True):
+        if not k:
+            out.append(0.0)
+        elif mode == "token-mean":
+            out.append(1.0 / tokens)
+        elif mode == "seq-mean-token-mean":
+            out.append(1.0 / n / seqs)
+        else:  # seq-mean-token-sum-norm
+            out.append(1.0 / (seqs * c))
+    return out
+
+
+def row_logprobs(model: Any, prompt: list[int], completion: list[int],
+                 temperature: float) -> torch.Tensor:
+    """log p(completion_t | prompt, completion_<t) [T], one unpadded sequence."""
+    ids = torch.tensor([prompt + completion])
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+
+
+def reference_update(model: Any, rows: pd.DataFrame, k: dict[str, Any], world: int,
+                     eos: set[int], model_path: str,
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """AdamW updates of the plain model over the stored rows; returns the new weights and
+    what was derived on the way (for the stored columns and logged metrics)."""
+    a, t = k["algorithm"], k["trainer"]
+    prompts = [list(p) for p in rows["prompt_tokens"]]
+    comps = [list(c) for c in rows["completion_tokens"]]
+    cap, temp = k["data"]["max_response_length"], k["rollout"]["temperature"]
+    truncated = truth_truncated(comps, eos, cap)
+    valid = ~truncated if a["mask_truncated_in_adv"] else np.ones(len(rows), bool)
+    adv = ref_advantages(rows["reward"].to_numpy(), valid, k["rollout"]["n"],
+                         a["norm_adv_by_std"], a["adv_eps"])
+    carries = ~truncated if a["mask_truncated"] else np.ones(len(rows), bool)
+    c = a["loss_norm_constant"] or cap
+    ref = None
+    if a["kl_coef"] > 0:
+        ref = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    updates = t["updates_per_batch"]
+    with torch.no_grad():
+        old = [row_logprobs(model, p, o, temp) for p, o in zip(prompts, comps, strict=True)]
+        ref_lp = None if ref is None else [row_logprobs(ref, p, o, temp)
+                                           for p, o in zip(prompts, comps, strict=True)]
+    opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]),
+                            eps=t["adam_eps"], weight_decay=t["weight_decay"])
+    # Update u takes, on every rank, rank-local rows [u*m, (u+1)*m) (ranks hold contiguous
+    # blocks of the stored rows); its loss counts span all ranks' rows of that update.
+    per_rank = len(rows) // world
+    m = per_rank // updates
+    losses = []
+    for u in range(updates):
+        idx = [r * per_rank + u * m + j for r in range(world) for j in range(m)]
+        w = ref_weights([len(comps[i]) for i in idx], carries[idx], a["loss_agg_mode"], c)
+        opt.zero_grad()
+        loss = torch.zeros(())
+        for i, wi in zip(idx, w, strict=True):
+            lp = row_logprobs(model, prompts[i], comps[i], temp)
+            old_i = lp.detach() if updates == 1 else old[i]
+            ratio = torch.exp(lp - old_i)
+            clipped = torch.clamp(ratio, 1 - a["clip_ratio_low"], 1 + a["clip_ratio_high"])
+            tok = -torch.minimum(ratio * adv[i], clipped * adv[i])
+            if ref_lp is not None:
+                d = ref_lp[i] - lp
+                tok = tok + a["kl_coef"] * (torch.exp(d) - d - 1)
+            loss = loss + wi * tok.sum()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    derived = {"truncated": truncated, "advantage": adv, "loss": float(np.mean(losses))}
+    return {n: p.detach().clone() for n, p in model.named_parameters()}, derived
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+def check_update(run_dir: Path) -> dict[str, Any]:
+    """Compare one finished one-step run with the reference; returns what was derived."""
+    k = knobs(run_dir)
+    path = resolve_model_path(TOY, None)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    eos = {tok.eos_token_id} | set(np.atleast_1d(model.generation_config.eos_token_id or []))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = rows_of(run_dir)
+    world = k["trainer"]["gpus"] * k["trainer"]["nodes"]
+    expected, derived = reference_update(model, rows, k, world, eos, path)
+    np.testing.assert_array_equal(rows["truncated"].to_numpy(), derived["truncated"])
+    np.testing.assert_allclose(rows["advantage"].to_numpy(), derived["advantage"], atol=1e-5)
+    after = weights_after(run_dir)
+    got = torch.cat([(after[n].float() - before[n]).flatten() for n in expected])
+    want = torch.cat([(expected[n] - before[n]).flatten() for n in expected])
+    assert float(want.norm()) > 1e-3  # the step did move the weights
+    rel = float((got - want).norm() / want.norm())
+    assert rel < 1e-3, f"update differs from the reference by {rel:.2e} (relative L2)"
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["loss/pg"] == pytest.approx(derived["loss"], rel=1e-4, abs=1e-7)
+    return derived
+
+
+# The knobs that change the update, each value covered; CAP and seed give groups with
+# finished and truncated completions and at least one EOS exactly at the cap.
+SINGLE_RANK = {
+    "grpo": ["algorithm.loss_agg_mode=seq-mean-token-mean"],
+    "token-mean": ["algorithm.loss_agg_mode=token-mean"],
+    "dr-grpo": ["algorithm=dr_grpo"],  # seq-mean-token-sum-norm at the cap, no std
+    "dr-grpo-constant": ["algorithm=dr_grpo", "algorithm.loss_norm_constant=40"],
+    "no-std-mask-trunc": ["algorithm.norm_adv_by_std=false", "algorithm.mask_truncated=true"],
+    "filter-in-adv": ["algorithm.mask_truncated_in_adv=true", "algorithm.loss_agg_mode=token-mean"],
+    "both-masks": ["algorithm.mask_truncated=true", "algorithm.mask_truncated_in_adv=true",
+                   "algorithm.loss_agg_mode=seq-mean-token-sum-norm"],
+    "two-updates-kl-temp": ["trainer.updates_per_batch=2", "algorithm.kl_coef=0.5",
+                            "rollout.temperature=0.8", "algorithm.clip_ratio_low=0.02",
+                            "algorithm.clip_ratio_high=0.1"],
+    "zero2-one-micro": ["trainer.zero_stage=2", "trainer.micro_batch_size=16",
+                        "algorithm=dapo"],
+}
+
+
+@pytest.mark.parametrize("name", list(SINGLE_RANK))
+def test_one_step_equals_the_reference(runs_dir: Path, name: str) -> None:
+    run_dir = run_step(runs_dir, SINGLE_RANK[name])
+    derived = check_update(run_dir)
+    truncated = derived["truncated"]
+    assert truncated.any() and not truncated.all()  # both kinds are in the batch
+    if "trainer.updates_per_batch=2" in SINGLE_RANK[name]:  # the second update clips some
+        metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+        assert metrics["policy/clip_frac"] > 0
+
+
+def test_the_batch_holds_eos_exactly_at_the_cap(runs_dir: Path) -> None:
+    """The case `length >= cap` gets wrong: it must occur, and count as finished."""
+    rows = rows_of(run_step(runs_dir, []))
+    at_cap = rows["response_length"] == CAP
+    assert (at_cap & ~rows["truncated"]).any() and (at_cap & rows["truncated"]).any()
+
+
+@pytest.mark.parametrize("extra", [
+    ["algorithm.loss_agg_mode=token-mean", "algorithm.mask_truncated=true"],
+    ["algorithm=dr_grpo", "trainer.zero_stage=2", "trainer.updates_per_batch=2",
+     "trainer.micro_batch_size=2"],
+], ids=["token-mean-masked", "dr-grpo-zero2-two-updates"])
+def test_two_ranks_equal_the_reference(grpo, runs_dir: Path, extra: list[str]) -> None:
+    """Two CPU ranks (torchrun, gloo): counts are global, DeepSpeed's rank average undone."""
+    args = [a for a in COMMON if not a.startswith("logger.wandb")]
+    res = grpo("run", *args, *extra, "trainer.gpus=2", "logger.wandb.mode=disabled",
+               timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run_dir,) = [p for p in runs_dir.iterdir() if p.is_dir()]
+    check_update(run_dir)
+
