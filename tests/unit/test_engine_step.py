@@ -6,8 +6,25 @@ from __future__ import annotations
 import pytest
 import torch
 
+from grpo_cli.config.schema import RunConfig
 from grpo_cli.train import engine as eng
 from tests.helpers import tiny_engine
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_the_reference_engine_is_frozen_and_unpartitioned_below_zero3(stage: int) -> None:
+    """The KL reference: no parameter takes gradients, and outside ZeRO-3 no partitioning
+    (a frozen copy gains nothing from ZeRO 1-2)."""
+    import torch
+
+    eng.init_distributed()
+    cfg = RunConfig()
+    cfg.trainer.zero_stage = stage
+    cfg.trainer.prompts_per_step, cfg.rollout.n, cfg.trainer.micro_batch_size = 1, 2, 2
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    ref = eng.make_reference_engine(model, eng.ds_config(cfg, 1))
+    assert not any(p.requires_grad for p in ref.module.parameters())
+    assert ref.zero_optimization_stage() == (3 if stage == 3 else 0)
 
 
 @pytest.mark.parametrize("stage", [0, 2])

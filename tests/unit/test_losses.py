@@ -73,6 +73,11 @@ def test_unknown_mode_lists_the_allowed_ones() -> None:
         aggregate_loss(torch.zeros(2, 8), MASK, "sum")
 
 
+def test_mismatched_loss_and_mask_shapes_name_both() -> None:
+    with pytest.raises(ValueError, match=r"token_loss \(2, 7\) and mask \(2, 8\) differ"):
+        aggregate_loss(torch.zeros(2, 7), MASK, "token-mean")
+
+
 # --- masked rows, empty batches ---------------------------------------------------------
 
 

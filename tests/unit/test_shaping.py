@@ -193,3 +193,26 @@ def test_linear_ramp_validation() -> None:
         linear_ramp_cap(0, 10, 5, 100, 200)
     with pytest.raises(ValueError, match=r"length\.schedule.*positive"):
         linear_ramp_cap(0, 0, 5, 0, 200)
+
+
+# --- boundaries the formulas allow (each a mutation that once survived) ---------------------
+
+def test_smallest_valid_caps_buffers_and_groups_are_accepted() -> None:
+    from grpo_cli.rewards.shaping import linear_length_penalty, linear_ramp_cap
+
+    assert linear_length_penalty(torch.tensor([0, 1]), 1).tolist() == [0.0, -1.0]  # cap 1
+    # buffer 1: only the cap's own token is in the buffer, at -factor
+    assert overlong_penalty(torch.tensor([3, 4, 5]), 4, 1).tolist() == [0.0, -1.0, -1.0]
+    # groups of one completion: no spread, so no length reward
+    assert kimi_length_reward(torch.tensor([3, 9]), torch.tensor([1, 0]), 1).tolist() == [0, 0]
+    assert linear_ramp_cap(5, 0, 10, 4, 1) == 2  # a ramp down to a cap of 1 token
+    with pytest.raises(ValueError, match="caps must be positive, got 4 -> 0"):
+        linear_ramp_cap(5, 0, 10, 4, 0)
+    with pytest.raises(ValueError, match="lengths must be 1-D"):
+        linear_length_penalty(torch.zeros(2, 2), 4)
+
+
+def test_kimi_reward_for_lengths_one_token_apart() -> None:
+    """A span of exactly one token is a spread like any other: +0.5 for the shorter."""
+    got = kimi_length_reward(torch.tensor([4, 5]), torch.tensor([1, 1]), 2)
+    assert got.tolist() == [0.5, -0.5]
