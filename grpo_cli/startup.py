@@ -11,8 +11,6 @@ from grpo_cli.config.loader import compose, parse_args, to_run_config
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.config.validate import validate
 from grpo_cli.errors import ConfigError
-from grpo_cli.telemetry.store import resolve_run_dir, runs_root
-from grpo_cli.train.checkpoint import last_complete_step
 
 # What may change when a run is resumed: how long it runs and how it reports, nothing that
 # would make the continued run a different experiment.
@@ -25,6 +23,10 @@ def resume_config(args: list[str]) -> DictConfig:
     Fails before anything loads when the run is unknown, the id escapes the runs root, other
     keys are overridden, or the run has no complete checkpoint to continue from.
     """
+    # Only resuming reads the run store: pandas/pyarrow stay out of every other config check.
+    from grpo_cli.telemetry.store import resolve_run_dir, runs_root
+    from grpo_cli.train.checkpoint import last_complete_step
+
     run_id = next(a.split("=", 1)[1] for a in args if a.startswith("resume="))
     rest = parse_args([a for a in args if not a.startswith("resume=")])
     if rest.experiment is not None:

@@ -110,9 +110,10 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
         batch = make_batch([prompts.prompt_ids[i] for i in rollouts.prompt_ids],
                            rollouts.completions, adv, inputs.tokenizer.pad_token_id,
                            cfg.algorithm.mask_truncated, rollouts.vision, inputs.image_token_id)
-        rollout_s = time.perf_counter() - step_start
+        train_start = time.perf_counter()
         train_stats = update(x, batch, cap, tally)
-        timings = {"perf/rollout_s": rollout_s, "perf/train_s": train_stats.pop("perf/train_s")}
+        timings = {"perf/rollout_s": train_start - step_start,
+                   "perf/train_s": time.perf_counter() - train_start}
         log_step(x, step, cap, rollouts, scored, adv, train_stats, val_metrics, timings,
                  step_start, tally)
         checkpoint(x, step, sampler, stop)
@@ -170,13 +171,11 @@ def advantages(rewards: np.ndarray, truncated: np.ndarray, cfg: RunConfig) -> to
 def update(x: Setup, batch: Batch, cap: int, tally: Tally) -> dict[str, float]:
     """Reference log-probs if KL is on, then the policy update; stops a diverged run."""
     cfg, t = x.cfg, x.cfg.trainer
-    start = time.perf_counter()
     ref_logp = None
     if x.models.reference is not None:
         ref_logp = logprobs_no_grad(x.models.reference, batch, t.micro_batch_size,
                                     cfg.rollout.temperature)
     stats = train_on_batch(x.models.policy, batch, cfg, cap, x.d, ref_logp)
-    stats["perf/train_s"] = time.perf_counter() - start
     tally.bad_updates += int(stats["train/skipped_updates"])
     stats["train/skipped_updates_total"] = float(tally.bad_updates)
     if tally.bad_updates > t.max_bad_steps:

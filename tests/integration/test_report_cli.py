@@ -12,8 +12,6 @@ import pytest
 from grpo_cli.telemetry.store import read_metrics
 from tests.helpers import TINY, run_grpo
 
-_grpo = run_grpo
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -22,7 +20,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_id(runs: Path) -> str:
-    res = _grpo(runs, "run", *TINY, "trainer.steps=2", "max_len=24", "logger.sample_every=1",
+    res = run_grpo(runs, "run", *TINY, "trainer.steps=2", "max_len=24", "logger.sample_every=1",
                 "logger.wandb.mode=offline")
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout.strip().splitlines()[-1]
@@ -34,7 +32,7 @@ def _numbers_in(page: str, *values: float) -> None:
 
 
 def test_report_of_a_real_run(runs: Path, run_id: str) -> None:
-    res = _grpo(runs, "report", run_id)
+    res = run_grpo(runs, "report", run_id)
     assert res.returncode == 0, res.stderr[-3000:]
     page_path = Path(res.stdout.strip().splitlines()[-1])
     assert page_path == (runs / "reports" / run_id / "report.html").resolve()
@@ -57,7 +55,7 @@ def test_report_of_a_real_run(runs: Path, run_id: str) -> None:
 
 def test_report_from_wandb_files_only(runs: Path, run_id: str, tmp_path: Path) -> None:
     (offline,) = (runs / run_id / "wandb").glob("offline-run-*")
-    res = _grpo(runs, "report", str(offline), "--out", str(tmp_path / "wb"))
+    res = run_grpo(runs, "report", str(offline), "--out", str(tmp_path / "wb"))
     assert res.returncode == 0, res.stderr[-3000:]
     page = (tmp_path / "wb" / "report.html").read_text()
     assert "W&amp;B-only run" in page and "no censoring-aware" in page
@@ -68,7 +66,7 @@ def test_report_from_wandb_files_only(runs: Path, run_id: str, tmp_path: Path) -
     shutil.copytree(runs / run_id, copy, symlinks=True)
     (copy / "metrics.jsonl").unlink()
     shutil.rmtree(copy / "rollouts")
-    res = _grpo(runs, "report", "wandb-only-copy", "--out", str(tmp_path / "copy"))
+    res = run_grpo(runs, "report", "wandb-only-copy", "--out", str(tmp_path / "copy"))
     assert res.returncode == 0, res.stderr[-3000:]
     page = (tmp_path / "copy" / "report.html").read_text()
     assert "offline W&amp;B files" in page
@@ -77,12 +75,12 @@ def test_report_from_wandb_files_only(runs: Path, run_id: str, tmp_path: Path) -
 
 
 def test_report_of_a_two_arm_sweep(runs: Path) -> None:
-    res = _grpo(runs, "sweep", "max_len=16,24", *TINY, "trainer.steps=2",
+    res = run_grpo(runs, "sweep", "max_len=16,24", *TINY, "trainer.steps=2",
                 "logger.wandb.mode=disabled", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert res.returncode == 0, res.stderr[-3000:]
     (manifest,) = (runs / "sweeps").glob("*/manifest.json")
     sweep_id = manifest.parent.name
-    res = _grpo(runs, "report", sweep_id)
+    res = run_grpo(runs, "report", sweep_id)
     assert res.returncode == 0, res.stderr[-3000:]
     out = runs / "reports" / sweep_id
     page = (out / "report.html").read_text()
@@ -95,7 +93,7 @@ def test_report_of_a_two_arm_sweep(runs: Path) -> None:
 
 @pytest.mark.parametrize("target", ["no-such-run", "../etc", "wandb:missing-parts"])
 def test_bad_targets_fail_with_one_line(runs: Path, target: str) -> None:
-    res = _grpo(runs, "report", target)
+    res = run_grpo(runs, "report", target)
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert res.stderr.startswith("error: ")
