@@ -209,6 +209,38 @@ def report(
         webbrowser.open(page.as_uri())
 
 
+LS_HELP = """List the runs and sweeps under the runs root, newest first.
+
+Per run: id, name, status, steps done/planned, cap (data.max_response_length) and the final
+length, clip ratio and reward (means over the last 10% of steps). Sweeps show how many arms
+completed, with their arms indented below them. Unreadable run directories show status `?`.
+
+\b
+Examples:
+  grpo ls
+  grpo ls -n 5 --runs-dir /data/runs
+  grpo ls --sweeps
+"""
+
+
+@app.command("ls", help=LS_HELP)
+def list_runs(
+    runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="runs root (default: "
+                                                  "$GRPO_RUNS_DIR, else ./runs)")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1,
+                                              help="show the N newest runs/sweeps")] = None,
+    sweeps_only: Annotated[bool, typer.Option("--sweeps", help="only sweeps (with their arms)")]
+    = False,
+    runs_only: Annotated[bool, typer.Option("--runs", help="only runs, sweep arms included, "
+                                            "one flat list")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    from grpo_cli.listing import list_root
+
+    typer.echo(_guard(lambda: list_root(runs_dir, runs=runs_only, sweeps=sweeps_only,
+                                        limit=limit), debug))
+
+
 @toy_app.command("build")
 def toy_build(
     out: Annotated[Path | None, typer.Option(help="output directory (default: the cache)")]
@@ -238,11 +270,18 @@ def toy_export(
 
 
 def quiet_library_noise() -> None:
-    """Keep stderr for what the user must read: torch's "No CUDA runtime is found" (printed by
-    every CPU-only DeepSpeed import) says nothing about the run."""
+    """Keep stderr for what the user must read. Not that: torch's "No CUDA runtime is found"
+    (printed by every CPU-only DeepSpeed import), and torch's deprecation of the collectives
+    DeepSpeed's ZeRO calls (`torch.distributed.all_gather_into_tensor` is deprecated...),
+    repeated every step, which a user can do nothing about. The rest of the libraries' noise
+    is stopped where they start: DeepSpeed's accelerator and C++ op (train/engine.py), W&B's
+    banner and summary (telemetry/sinks.py), the weight-loading bar (models/load.py)."""
     import logging
+    import warnings
 
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated",
+                            category=FutureWarning, module=r"torch\.distributed")
 
 
 def main() -> None:

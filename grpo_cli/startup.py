@@ -52,7 +52,9 @@ def resume_config(args: list[str]) -> DictConfig:
     assert isinstance(saved, DictConfig)
     if last_complete_step(run_dir / "checkpoints") is None:
         raise ConfigError(f"resume={run_id}: no complete checkpoint in {run_dir / 'checkpoints'}"
-                          " (runs save one every trainer.save_every steps)")
+                          " (runs save one every trainer.save_every steps, and when stopped "
+                          "by Ctrl-C or SIGTERM with trainer.save_on_interrupt=true, the "
+                          "default)")
     merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(dotlist))
     merged.resume, merged.run_id = run_id, run_id
     return merged

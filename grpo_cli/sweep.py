@@ -11,7 +11,6 @@ report their status in ``arms/<index>.json`` so parallel arms never write the sa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -32,9 +31,12 @@ from grpo_cli.config.loader import (
 )
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.launch import launch_command, needs_launch, run_launcher
+from grpo_cli.telemetry.headline import final_means
 from grpo_cli.telemetry.store import atomic_write_text, read_metrics, runs_root
 
 SWEEP_FILE_KEYS = {"config", "params", "overrides", "launcher", "n_jobs"}
+# Launchers whose arms run as SLURM jobs: a multi-node arm meets at its job's first node.
+SLURM_LAUNCHERS = ("hydra/launcher=slurm", "hydra/launcher=submitit_slurm")
 
 
 @dataclass
@@ -115,6 +117,29 @@ def plan(args: list[str], sweep_id: str | None = None, runs_dir: str | None = No
     return sweep
 
 
+def check_arms(sweep: SweepPlan) -> None:
+    """Compose, type-check and validate every arm before any is launched (a typo or a bad
+    value must not cost a queue slot per arm); the first bad arm is named in one line."""
+    from grpo_cli.config.loader import compose
+    from grpo_cli.config.validate import validate
+
+    job_common = [o for o in sweep.common if not o.startswith(("hydra.", "hydra/"))]
+    on_slurm = any(o in SLURM_LAUNCHERS for o in sweep.common)
+    for i, arm in enumerate(sweep.arms):
+        # the launcher's own overrides are checked once, with the first arm
+        extra = [o for o in sweep.common if o.startswith("hydra/")] if i == 0 else []
+        try:
+            run_cfg = to_run_config(compose(job_common + arm.overrides + extra))
+            t = run_cfg.trainer
+            if on_slurm and t.nodes > 1 and not (t.master_addr or t.hostfile):
+                t.master_addr = "slurm-head-node"  # each job's first node, known in the job
+            validate(run_cfg)
+        except ConfigError as e:
+            where = " ".join(arm.overrides) or "no swept values"
+            raise ConfigError(f"sweep arm {arm.index} ({where}): {e}; nothing was started") \
+                from e
+
+
 def write_manifest(sweep: SweepPlan, **extra: Any) -> None:
     sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
     data = {"sweep_id": sweep.sweep_id, "common_overrides": sweep.common,
@@ -172,6 +197,9 @@ def _arm_task(cfg: DictConfig) -> str:
     plain.resume = run_id if resume else None
     try:
         run_cfg = to_run_config(plain)
+        t = run_cfg.trainer
+        if t.nodes > 1 and not (t.master_addr or t.hostfile) and (head := job_head_node()):
+            t.master_addr = plain.trainer.master_addr = head  # the SLURM job's first node
         validate(run_cfg)
         if needs_launch(run_cfg.trainer, os.environ):  # several GPUs or nodes: start ranks
             launch_arm(run_cfg, plain, sweep_dir / "arms" / f"{index:03d}.yaml")
@@ -207,18 +235,10 @@ def job_head_node() -> str | None:
 
 def launch_arm(run_cfg: RunConfig, plain: DictConfig, arm_file: Path) -> None:
     """Run one arm as `grpo run config=ARM.yaml` under the launcher (every node does this;
-    torchrun's rendezvous at the job's first node joins them)."""
+    torchrun's rendezvous at the job's first node, filled in by the arm task, joins them)."""
     atomic_write_text(arm_file, OmegaConf.to_yaml(plain))
-    args = [f"config={arm_file}"]
-    t = run_cfg.trainer
-    if t.nodes > 1 and t.hostfile is None and not t.master_addr:
-        head = job_head_node()
-        if head is None:
-            raise ConfigError(f"trainer.nodes={t.nodes}: set trainer.master_addr, or run the "
-                              "sweep with hydra/launcher=slurm")
-        args.append(f"trainer.master_addr={head}")
-        t = dataclasses.replace(t, master_addr=head)
-    code = run_launcher(launch_command(t, args, str(plain.run_id)))
+    code = run_launcher(launch_command(run_cfg.trainer, [f"config={arm_file}"],
+                                       str(plain.run_id)))
     if code != 0:
         raise RuntimeError(f"the ranks exited with code {code} (see the arm's log)")
 
@@ -283,11 +303,7 @@ def summarize(sweep: SweepPlan) -> list[dict[str, Any]]:
         run_dir = sweep.sweep_dir.parent.parent / arm.run_id
         metrics = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
         if metrics:
-            tail = metrics[-max(1, len(metrics) // 10):]
-            for key, name in (("length/mean", "len"), ("length/clip_ratio", "clip"),
-                              ("reward/mean", "reward")):
-                vals = [m[key] for m in tail if key in m]
-                row[name] = sum(vals) / len(vals) if vals else None
+            row.update(final_means(metrics))
             row["steps"] = len(metrics)
         if st.get("error"):
             row["error"] = st["error"]
@@ -314,18 +330,29 @@ def run_sweep(args: list[str], dry_run: bool = False, resume: str | None = None)
         if [a["overrides"] for a in prior["arms"]] != [a.overrides for a in sweep.arms]:
             raise ConfigError(f"--resume {resume}: the arms differ from the original sweep; "
                               "repeat the original command's overrides")
+    check_arms(sweep)
     if dry_run:
-        print(f"sweep {sweep.sweep_id}: {len(sweep.arms)} arms (dry run, nothing started)")
+        print(f"sweep {sweep.sweep_id}: {len(sweep.arms)} arms, each config checked (dry run, "
+              "nothing started)")
         print(f"common: {' '.join(sweep.common) or '-'}")
         for arm in sweep.arms:
             print(f"  [{arm.index:03d}] {' '.join(arm.overrides) or '-':40s} "
                   f"-> {sweep.sweep_dir.parent.parent / arm.run_id}")
         return 0
-    write_manifest(sweep, status="running", start_time=time.time())
-    launch(sweep)
+    start = time.time()
+    write_manifest(sweep, status="running", start_time=start)
+    try:
+        launch(sweep)
+    except BaseException as e:  # the manifest must not say "running" for a sweep that ended
+        summarize(sweep)
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        write_manifest(sweep, status=status, start_time=start, end_time=time.time(),
+                       error=f"{type(e).__name__}: {e}"[:2000])
+        raise
     rows = summarize(sweep)
     failed = [r for r in rows if r["status"] != "completed"]
-    write_manifest(sweep, status="failed" if failed else "completed", end_time=time.time())
+    write_manifest(sweep, status="failed" if failed else "completed", start_time=start,
+                   end_time=time.time())
     print(f"sweep {sweep.sweep_id}: {len(rows) - len(failed)}/{len(rows)} arms completed")
     print(format_table(rows))
     for r in failed:

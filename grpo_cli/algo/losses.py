@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
-LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+from grpo_cli.config.schema import LOSS_AGG_MODES
+
+__all__ = ["LOSS_AGG_MODES"]  # re-exported: the modes belong to the loss
 
 # exp() of a log-ratio beyond this overflows nothing useful; veRL clamps at the same value.
 LOG_RATIO_CLAMP = 20.0

@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from grpo_cli.config.keys import ALIASES, OPEN_DICTS, is_known, unknown_key_message
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.errors import ConfigError
-
-# Short names users type; rewritten to the full key before Hydra sees them.
-ALIASES: dict[str, str] = {"max_len": "data.max_response_length"}
 
 # A group name that conf/ never uses, so the copy (not a same-named packaged file) is found.
 EXPERIMENT_GROUP = "grpo_user_experiment"
@@ -47,7 +45,13 @@ _OVERRIDE_KEY = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[^=~+][^=]*)=(?P<valu
 
 
 def parse_args(args: list[str]) -> ParsedArgs:
-    """Split ``config=PATH`` from the overrides and expand aliases (``max_len=``)."""
+    """Split ``config=PATH`` from the overrides, expand aliases (``max_len=``) and refuse
+    keys the config does not have, naming the key meant.
+
+    Keys under the free-form mappings (``reward.kwargs.format_weight=0.2``,
+    ``reward.kwargs={format_weight: 0.2}``) are the user's own: they are added with Hydra's
+    ``++`` so no ``+`` is needed.
+    """
     overrides: list[str] = []
     experiment: Path | None = None
     for arg in args:
@@ -63,6 +67,10 @@ def parse_args(args: list[str]) -> ParsedArgs:
                 raise ConfigError(f"config={value}: expected a .yaml experiment file")
             continue
         key = ALIASES.get(key, key)
+        if not is_known(key):
+            raise ConfigError(unknown_key_message(key))
+        if "~" not in prefix and (key in OPEN_DICTS or key.startswith(OPEN_DICTS)):
+            prefix = "++"
         overrides.append(f"{prefix}{key}={value}")
     return ParsedArgs(overrides=overrides, experiment=experiment)
 
@@ -84,9 +92,45 @@ def experiment_searchpath(experiment: Path | None) -> Iterator[list[str]]:
         group_dir = Path(tmp) / EXPERIMENT_GROUP
         group_dir.mkdir()
         name = re.sub(r"[^A-Za-z0-9_-]", "_", experiment.stem)
-        text = experiment.read_text(encoding="utf-8")
+        text = read_experiment(experiment)
         (group_dir / f"{name}.yaml").write_text(f"# @package _global_\n{text}", encoding="utf-8")
         yield [f"hydra.searchpath=[file://{tmp}]", f"+{EXPERIMENT_GROUP}={name}"]
+
+
+def read_experiment(path: Path) -> str:
+    """The experiment file's text, checked to be a YAML mapping (errors name the user's file
+    and line, not the temporary copy Hydra reads)."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config={path}: cannot read: {e}") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config={path}: not valid YAML at{where}: {problem}") from e
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config={path}: expected a mapping of keys (e.g. `trainer:` / "
+                          f"`  steps: 10`), got a {type(data).__name__}")
+    for key in _flat_keys(data or {}):
+        if key != "defaults" and not is_known(key):
+            raise ConfigError(f"config={path}: {unknown_key_message(key)}")
+    return text
+
+
+def _flat_keys(data: dict, prefix: str = "") -> list[str]:
+    """Dotted leaf keys of a nested mapping; free-form mappings count as leaves."""
+    out: list[str] = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key not in OPEN_DICTS and key != "hydra":
+            out += _flat_keys(v, key + ".")
+        else:
+            out.append(key)
+    return out
 
 
 def compose(args: list[str]) -> DictConfig:
@@ -101,7 +145,11 @@ def compose(args: list[str]) -> DictConfig:
             with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
                 cfg = hydra_compose("config", overrides=extra + parsed.overrides)
         except (HydraException, OmegaConfBaseException) as e:
-            raise ConfigError(_one_line(str(e))) from e
+            msg = _one_line(str(e)).split(" Config search path:")[0]  # Hydra's internals
+            if parsed.experiment is not None and extra:  # name the user's file, not the copy
+                tmp = extra[0].removeprefix("hydra.searchpath=[file://").rstrip("]")
+                msg = re.sub(re.escape(tmp) + r"\S*", str(parsed.experiment), msg)
+            raise ConfigError(msg) from e
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
     return cfg
 
@@ -113,6 +161,8 @@ def to_run_config(cfg: DictConfig) -> RunConfig:
         run_cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
+        if isinstance(e, ConfigKeyError) and key and not is_known(key):
+            raise ConfigError(unknown_key_message(key)) from e
         msg = _one_line(str(e).split("\n")[0])
         raise ConfigError(f"{key}: {msg}" if key else msg) from e
     assert isinstance(run_cfg, RunConfig)

@@ -12,6 +12,13 @@ from typing import Any
 
 TOY = "toy"  # sentinel for the embedded toy model / task
 TOY_VL = "toy-vl"  # the embedded vision-language toy (a tiny Qwen2.5-VL grown from it)
+TOY_CONTEXT = 512  # the toys' context length (max_position_embeddings)
+
+# Allowed values of choice keys, here so checking a config needs no torch.
+LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+LENGTH_PENALTIES = ("none", "cosine", "kimi", "linear")
+# An unset trainer.micro_batch_size: the largest divisor of the per-update batch up to this.
+DEFAULT_MICRO_BATCH = 32
 
 
 @dataclass
@@ -114,7 +121,9 @@ class LengthConfig:
 class TrainerConfig:
     steps: int = 60
     prompts_per_step: int = 16  # global, across all ranks
-    micro_batch_size: int = 32  # completions per forward/backward
+    # Completions per forward/backward; null: the largest that divides the per-rank update
+    # batch, up to 32 (a set value must divide it).
+    micro_batch_size: int | None = None
     updates_per_batch: int = 1  # optimiser steps per rollout batch (>1 uses old log-probs)
     lr: float = 7e-4
     weight_decay: float = 0.0
@@ -126,7 +135,7 @@ class TrainerConfig:
     zero_stage: int = 0
     save_every: int = 0  # 0: only at the end (if save_final)
     save_final: bool = False
-    save_on_interrupt: bool = False  # SIGTERM/Ctrl-C: checkpoint the finished step, then stop
+    save_on_interrupt: bool = True  # SIGTERM/Ctrl-C: checkpoint the finished step, then stop
     val_every: int = 10  # 0 disables the validation probe
     num_threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
     # Ranks: `grpo run trainer.gpus=8` starts them itself through `launcher` (see launch.py).

@@ -9,10 +9,18 @@ import json
 import os
 from pathlib import Path
 
-from grpo_cli.algo.losses import LOSS_AGG_MODES
-from grpo_cli.config.schema import TOY, TOY_VL, ModelConfig, RunConfig
+from grpo_cli.config.schema import (
+    DEFAULT_MICRO_BATCH,
+    LENGTH_PENALTIES,
+    LOSS_AGG_MODES,
+    TOY,
+    TOY_CONTEXT,
+    TOY_VL,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+)
 from grpo_cli.errors import ConfigError
-from grpo_cli.rewards.combine import LENGTH_PENALTIES
 
 BACKENDS = ("hf", "vllm")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -37,10 +45,13 @@ def world_size(cfg: RunConfig) -> int:
 
 
 def validate(cfg: RunConfig, world: int | None = None) -> None:
-    """Fail fast on impossible combinations (group size, batch splits, caps vs context)."""
+    """Fail fast on impossible combinations (group size, batch splits, caps vs context), after
+    filling the one default that depends on other keys (an unset trainer.micro_batch_size)."""
     from grpo_cli.launch import check as check_launch
 
     world = world_size(cfg) if world is None else world
+    if cfg.trainer.micro_batch_size is None:
+        cfg.trainer.micro_batch_size = fit_micro_batch(update_batch(cfg, world))
     d, r, a, t = cfg.data, cfg.rollout, cfg.algorithm, cfg.trainer
     check_launch(t)
 
@@ -82,8 +93,6 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     _require(t.grad_clip >= 0, f"trainer.grad_clip={t.grad_clip}: must be >= 0 (0: no clipping)")
     _require(a.clip_ratio_low >= 0 and a.clip_ratio_high >= 0, "algorithm.clip_ratio_*: >= 0")
     _require(a.kl_coef >= 0, f"algorithm.kl_coef={a.kl_coef}: must be >= 0")
-    _require(":" in cfg.reward.function, f"reward.function={cfg.reward.function}: use module:fn "
-             "or path/to/file.py:fn")
 
     # Batch arithmetic: prompts split over ranks, completions over micro-batches and updates.
     _require(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step}: >= 1")
@@ -126,11 +135,29 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
         _require(context is None or v.max_len is None or d.max_prompt_length + v.max_len <= context,
                  f"val.max_len={v.max_len}: prompt cap + validation cap exceed the model context "
                  f"of {context} tokens; set val.max_len lower")
-    _validate_data_spec("data.train_files", d.train_files)
+    _validate_data_spec("data.train_files", d.train_files, d)
     if d.val_files:
-        _validate_data_spec("data.val_files", d.val_files)
+        _validate_data_spec("data.val_files", d.val_files, d)
+    from grpo_cli.rewards.loader import check_reward_spec
+
+    check_reward_spec(cfg.reward.function)
     if r.backend == "vllm":
         _validate_vllm_platform(cfg)
+
+
+def update_batch(cfg: RunConfig, world: int) -> int:
+    """Completions per rank per optimiser update (1 when the batch does not split: the
+    batch checks then name the keys)."""
+    t = cfg.trainer
+    if world < 1 or t.prompts_per_step % world or t.updates_per_batch < 1:
+        return 1
+    per_rank = t.prompts_per_step // world * cfg.rollout.n
+    return per_rank // t.updates_per_batch if per_rank % t.updates_per_batch == 0 else 1
+
+
+def fit_micro_batch(per_update: int, limit: int = DEFAULT_MICRO_BATCH) -> int:
+    """The largest divisor of ``per_update`` that is at most ``limit``."""
+    return max(m for m in range(1, min(per_update, limit) + 1) if per_update % m == 0)
 
 
 def _validate_vllm_platform(cfg: RunConfig) -> None:
@@ -189,7 +216,7 @@ def _schedule(cfg: RunConfig) -> list[tuple[int, int]]:
     return out
 
 
-def _validate_data_spec(key: str, spec: str) -> None:
+def _validate_data_spec(key: str, spec: str, data: DataConfig) -> None:
     if spec.startswith("toy:"):
         from grpo_cli.data.toy import TOY_TASKS
 
@@ -199,6 +226,9 @@ def _validate_data_spec(key: str, spec: str) -> None:
     path = Path(spec.split("@")[0]).expanduser()
     if path.suffix in (".jsonl", ".json", ".parquet"):
         _require(path.is_file(), f"{key}={spec}: file not found")
+        from grpo_cli.data.datasets import check_columns
+
+        check_columns(spec, data, key)
 
 
 def model_context_length(model: ModelConfig) -> int | None:
@@ -206,20 +236,17 @@ def model_context_length(model: ModelConfig) -> int | None:
     for a hub id, checked when the model loads)."""
     path = model.path
     if path in (TOY, TOY_VL):
-        from grpo_cli.models.load import resolve_model_path
+        return TOY_CONTEXT  # known without building the toy (that needs torch)
+    from grpo_cli.models.gguf import gguf_file, read_metadata
 
-        model_dir = Path(resolve_model_path(path))
-    else:
-        from grpo_cli.models.gguf import gguf_file, read_metadata
-
-        file = gguf_file(path, model.gguf_file)
-        if file is not None:
-            return int(read_metadata(file)["context_length"])
-        model_dir = Path(path).expanduser()
-        if not model_dir.exists():
-            if path.startswith((".", "/", "~")):
-                raise ConfigError(f"model.path={path}: directory not found")
-            return None
+    file = gguf_file(path, model.gguf_file)
+    if file is not None:
+        return int(read_metadata(file)["context_length"])
+    model_dir = Path(path).expanduser()
+    if not model_dir.exists():
+        if path.startswith((".", "/", "~")):
+            raise ConfigError(f"model.path={path}: directory not found")
+        return None
     config_file = model_dir / "config.json"
     if not config_file.is_file():
         raise ConfigError(f"model.path={path}: no config.json in {model_dir}")

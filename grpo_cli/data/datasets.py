@@ -40,6 +40,42 @@ def load_rows(spec: str, data: DataConfig, seed: int, key: str = "data.train_fil
     return _read_hub(path_part, split or "train", key)
 
 
+def first_row_columns(spec: str) -> list[str] | None:
+    """The columns of a local JSONL / Parquet file's first row, read cheaply at start-up
+    (None for other sources and for files the full read will report on)."""
+    path = Path(spec.partition("@")[0]).expanduser()
+    if not path.is_file():
+        return None
+    if path.suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8") as f:
+            line = next((ln for ln in f if ln.strip()), None)
+        try:
+            row = json.loads(line) if line else None
+        except json.JSONDecodeError:
+            return None
+        return sorted(row) if isinstance(row, dict) else None
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return sorted(pq.read_schema(path).names)
+        except Exception:  # corrupt: the full read names the problem
+            return None
+    return None
+
+
+def check_columns(spec: str, data: DataConfig, key: str) -> None:
+    """The prompt and answer columns exist in the file's first row (before any model loads)."""
+    columns = first_row_columns(spec)
+    if columns is None:
+        return
+    for col_key in ("prompt_key", "answer_key"):
+        col = getattr(data, col_key)
+        if col not in columns:
+            raise ConfigError(f"data.{col_key}={col}: {key}={spec} has no such column "
+                              f"(columns: {', '.join(columns)})")
+
+
 def _read_jsonl(path: Path, key: str) -> list[dict]:
     if not path.is_file():
         raise ConfigError(f"{key}={path}: file not found")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,28 @@ def load_processor(path: str, trust_remote_code: bool = False) -> Any:
         raise ConfigError(f"model.path={path}: cannot load the processor ({e})") from e
 
 
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """transformers' own tqdm bars (e.g. "Loading weights") off for the duration; a download
+    from the hub keeps its bar (huggingface_hub draws it)."""
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)  # transformers >= 5
+    if set_hook is None:
+        yield
+        return
+
+    def quiet(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        kwargs = {**kwargs, "disable": True}
+        return previous(factory, args, kwargs) if previous else factory(*args, **kwargs)
+
+    previous = set_hook(quiet)
+    try:
+        yield
+    finally:
+        set_hook(previous)
+
+
 def load_causal_lm(path: str, cfg: ModelConfig) -> torch.nn.Module:
     """Text models load as causal LMs, VL models (e.g. Qwen2.5-VL) as image-text-to-text;
     both return logits [B, L, V] for token ids."""
@@ -101,9 +125,10 @@ def load_causal_lm(path: str, cfg: ModelConfig) -> torch.nn.Module:
     auto = AutoModelForImageTextToText if vision_token_id(path, cfg.trust_remote_code) \
         is not None else AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(
-            path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
-        )
+        with no_progress_bars():  # a bar over the tensors read: noise, not progress
+            model = auto.from_pretrained(
+                path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+            )
     except Exception as e:
         raise ConfigError(f"model.path={path}: cannot load model ({e})") from e
     if cfg.gradient_checkpointing:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from grpo_cli.config.schema import TOY_CONTEXT
 from grpo_cli.data.toy import STYLES, generate_rows, style_of
 from grpo_cli.models.cache import build_once, cache_root
 
@@ -37,7 +38,7 @@ CHAT_TEMPLATE = (
     "{%- else -%}{{ message['content'] }}{{ '\\n' }}{%- endif -%}"
     "{%- endfor -%}"
 )
-MAX_POSITIONS = 512
+MAX_POSITIONS = TOY_CONTEXT
 # Qwen2's pre-tokenizer split (transformers' qwen2 tokenization module).
 PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""

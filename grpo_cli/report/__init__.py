@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from grpo_cli.errors import ConfigError
-from grpo_cli.report.load import RunData, load_targets
+from grpo_cli.report.load import RunData, display_name, load_targets
 from grpo_cli.telemetry.store import runs_root
 
 if TYPE_CHECKING:
@@ -73,7 +73,8 @@ def build_report(
     for view in views:
         groups.setdefault(view.run.group, []).append(view)
     longest = max(len(v.table) for v in views)
-    title = ("GRPO length report: " + (loaded.name if len(views) > 1 else views[0].run.label))
+    title = "GRPO length report: " + (loaded.name if len(views) > 1
+                                      else display_name(views[0].run))
     report = Report(title=title, targets=list(targets), views=views, groups=groups,
                     smoothing=smoothing_window(longest), notes=loaded.notes,
                     generated=time.strftime("%Y-%m-%d %H:%M:%S"))

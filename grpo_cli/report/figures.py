@@ -24,6 +24,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from grpo_cli.report.censoring import TARGET_TRUNCATION  # noqa: E402
+from grpo_cli.report.load import display_name  # noqa: E402
 from grpo_cli.report.model import Figure, Report, RunView  # noqa: E402
 
 DPI = 110
@@ -79,9 +80,8 @@ def _kinds(report: Report) -> tuple[bool, bool]:
 
 
 def _who(view: RunView) -> str:
-    """The run's label, with its id on a second line when the label is not the id."""
-    run = view.run
-    return run.label if run.label == run.run_id else f"{run.label}\n(run {run.run_id})"
+    """The run's label, with its name and id on a second line when the label is neither."""
+    return display_name(view.run, "\n")
 
 
 def _step_axis(ax: plt.Axes) -> None:
@@ -368,16 +368,16 @@ def draw_all(report: Report, out: Path) -> list[Figure]:
     def per_run(view: RunView, i: int, parts: tuple[str, ...]) -> None:
         stem, rid = f"run{i:02d}", view.run.run_id
         if "length" in parts:
-            add(f"{stem}_length.png", f"Length over training — {view.run.label}",
+            add(f"{stem}_length.png", f"Length over training — {display_name(view.run)}",
                 "Mean, median and p10–p90 band of response length per step, with the cap.",
                 lambda p: length_quantiles_figure(view, p, w), rid)
         if "heatmap" in parts and view.heatmap is not None:
-            add(f"{stem}_heatmap.png", f"Length heat map — {view.run.label}",
+            add(f"{stem}_heatmap.png", f"Length heat map — {display_name(view.run)}",
                 f"Share of completions per length bin and step (from {view.heatmap.source}); "
                 "the red line is the cap in force.",
                 lambda p: heatmap_figure(view, p, w), rid)
         if "km" in parts and view.km is not None:
-            add(f"{stem}_km.png", f"Length without the cap — {view.run.label}",
+            add(f"{stem}_km.png", f"Length without the cap — {display_name(view.run)}",
                 "Kaplan–Meier survival of response length on the last 10% of steps, "
                 "truncated completions treated as right-censored.",
                 lambda p: km_figure(view, p), rid)

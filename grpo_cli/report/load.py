@@ -78,6 +78,19 @@ class RunData:
         return self.config.get("seed")
 
     @property
+    def name(self) -> str | None:
+        """The ``name=`` given to `grpo run` (meta.json, else config.yaml), or None."""
+        for value in (self.meta.get("name"), self.config.get("name")):
+            if value is not None and str(value).strip():
+                return str(value).strip()
+        return None
+
+    @property
+    def ident(self) -> str:
+        """``name (id)`` for a named run, else the id."""
+        return f"{self.name} ({self.run_id})" if self.name else self.run_id
+
+    @property
     def loss_agg_mode(self) -> str | None:
         algo = self.config.get("algorithm")
         return algo.get("loss_agg_mode") if isinstance(algo, dict) else None
@@ -443,8 +456,10 @@ def _schema_defaults() -> dict[str, str]:
 def assign_labels(runs: list[RunData]) -> None:
     """Label each run by the config keys that set it apart; group runs that differ only in seed.
 
-    One run: its id. Several: ``max_len=16 algorithm.loss_agg_mode=token-mean``-style labels
-    from the differing keys (seed excluded from the group, appended to the label).
+    One run: its name (``name=``), else its id. Several: ``max_len=16
+    algorithm.loss_agg_mode=token-mean``-style labels from the differing keys (seed excluded
+    from the group, appended to the label); a run whose name no other run shares is labelled
+    by that name instead. Groups stay by config, so seeds still band together.
     """
     # A key a run's config lacks because an older grpo-cli wrote it (e.g. trainer.adam_eps)
     # ran at the default: fill it, so a version difference is not an experiment difference.
@@ -463,9 +478,12 @@ def assign_labels(runs: list[RunData]) -> None:
     groups: dict[str, list[RunData]] = {}
     for run in runs:
         groups.setdefault(run.group, []).append(run)
+    names = [r.name for r in runs]
     for group, members in groups.items():
         for run in members:
-            if len(runs) == 1:
+            if run.name is not None and names.count(run.name) == 1:
+                run.label = run.name
+            elif len(runs) == 1:
                 run.label = run.run_id
             elif len(members) > 1:
                 run.label = f"seed={run.seed}" if group == SAME_CONFIG \
@@ -475,5 +493,14 @@ def assign_labels(runs: list[RunData]) -> None:
     labels = [r.label for r in runs]
     if len(set(labels)) < len(labels):  # no config tells them apart: fall back to ids
         for run in runs:
-            run.label = run.run_id
-            run.group = run.run_id
+            run.label = run.ident
+            run.group = run.ident
+
+
+def display_name(run: RunData, sep: str = " ") -> str:
+    """The label with what identifies the run: ``label (name, id)``, ``name (id)`` or the id
+    (``sep`` goes before the parenthesis: a space in tables, a newline in figure titles)."""
+    if run.label in (run.run_id, run.ident, ""):
+        return run.ident
+    who = [run.name] if run.name and run.name != run.label else []
+    return f"{run.label}{sep}({', '.join([*who, run.run_id])})"

@@ -17,6 +17,7 @@ from typing import Any
 
 from grpo_cli.report.censoring import ASSUMPTION
 from grpo_cli.report.diagnosis import Finding
+from grpo_cli.report.load import display_name
 from grpo_cli.report.model import Report, RunView
 
 MAX_SAMPLE_CHARS = 2000  # long completions are cut in the report (the file has them whole)
@@ -54,7 +55,7 @@ def summary_tables(report: Report) -> list[tuple[str, list[str], list[list[str]]
     length_rows, reward_rows = [], []
     for v in report.views:
         s = v.summary
-        name = s.label if s.label == s.run_id else f"{s.label} ({s.run_id})"
+        name = display_name(v.run)
         change = num(s.len_change_pct, "+.0f") + ("%" if math.isfinite(s.len_change_pct) else "")
         length_rows.append([
             name, f"{s.steps} (window {s.window})", num(s.len_initial), num(s.len_final), change,
@@ -179,7 +180,7 @@ def render_html(report: Report, out: Path) -> str:
     p.append("<h2>Diagnosis</h2>")
     for v in report.views:
         if len(report.views) > 1:
-            p.append(f"<h3>{_e(v.run.label)}</h3>")
+            p.append(f"<h3>{_e(display_name(v.run))}</h3>")
         p += [_finding_html(f) for f in v.findings]
     p.append("<h2>Summary</h2>")
     p.append(f"<p class='note'>{_e(_window_text())}</p>")
@@ -189,7 +190,7 @@ def render_html(report: Report, out: Path) -> str:
     p.append("<h2>Length without the cap (censoring-aware estimate)</h2>")
     p.append(f"<p class='note'>{_e(ASSUMPTION)}</p>")
     for v in report.views:
-        p.append(f"<h3>{_e(v.run.label)}</h3>")
+        p.append(f"<h3>{_e(display_name(v.run))}</h3>")
         if v.km is None or v.advice is None:
             p.append(f"<p>No estimate: {_e(v.km_note or 'no rollout rows')}.</p>")
             continue
@@ -206,7 +207,7 @@ def render_html(report: Report, out: Path) -> str:
     p.append("<h2>Sample completions</h2>")
     for v in report.views:
         picked = pick_samples(v.run.samples)
-        p.append(f"<h3>{_e(v.run.label)}</h3>")
+        p.append(f"<h3>{_e(display_name(v.run))}</h3>")
         if not picked:
             p.append("<p class='note'>No samples recorded (samples.jsonl).</p>")
         for i, s in enumerate(picked):
@@ -261,7 +262,7 @@ def render_markdown(report: Report) -> str:
     md += ["## Diagnosis", ""]
     for v in report.views:
         if len(report.views) > 1:
-            md += [f"### {_md_cell(v.run.label)}", ""]
+            md += [f"### {_md_cell(display_name(v.run))}", ""]
         for f in v.findings:
             md.append(f"- **{_md_cell(f.title)}**: {_md_cell(f.message)}")
             if f.evidence:
@@ -275,7 +276,7 @@ def render_markdown(report: Report) -> str:
         md += [f"**{caption}**", "", _md_table(head, rows), ""]
     md += ["## Length without the cap (censoring-aware estimate)", "", ASSUMPTION, ""]
     for v in report.views:
-        md += [f"### {_md_cell(v.run.label)}", ""]
+        md += [f"### {_md_cell(display_name(v.run))}", ""]
         if v.km is None or v.advice is None:
             md += [f"No estimate: {_md_cell(v.km_note or 'no rollout rows')}.", ""]
             continue
@@ -290,7 +291,7 @@ def render_markdown(report: Report) -> str:
     md += ["## Sample completions", ""]
     for v in report.views:
         picked = pick_samples(v.run.samples)
-        md += [f"### {_md_cell(v.run.label)}", ""]
+        md += [f"### {_md_cell(display_name(v.run))}", ""]
         if not picked:
             md += ["No samples recorded (samples.jsonl).", ""]
         for s in picked:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from grpo_cli.config.schema import LengthConfig, RewardConfig
+from grpo_cli.config.schema import LENGTH_PENALTIES, LengthConfig, RewardConfig
 from grpo_cli.errors import RewardContractError
 from grpo_cli.rewards.loader import Scores
 from grpo_cli.rewards.shaping import (
@@ -20,8 +20,6 @@ from grpo_cli.rewards.shaping import (
     linear_length_penalty,
     overlong_penalty,
 )
-
-LENGTH_PENALTIES = ("none", "cosine", "kimi", "linear")
 
 
 def combine_rewards(

@@ -22,6 +22,53 @@ from grpo_cli.errors import ConfigError, RewardContractError, RewardError
 RewardFn = Callable[[list[dict[str, Any]]], list[Any]]
 
 
+def check_reward_spec(spec: str) -> None:
+    """Fail at start-up, without importing the user's code, when ``module:fn`` or
+    ``file.py:fn`` cannot be found or does not define ``fn`` at top level (import errors
+    inside the file still surface when it loads)."""
+    import ast
+
+    target, sep, name = spec.rpartition(":")
+    if not sep or not target or not name:
+        raise ConfigError(f"reward.function={spec}: use module:fn or path/to/file.py:fn")
+    if target.endswith(".py"):
+        source: Path | None = Path(target).expanduser()
+        if not source.is_file():
+            raise ConfigError(f"reward.function={spec}: file {source} not found")
+    else:
+        try:
+            mod_spec = importlib.util.find_spec(target)
+        except (ImportError, ValueError):
+            mod_spec = None
+        if mod_spec is None:
+            raise ConfigError(f"reward.function={spec}: no module named {target}")
+        origin = mod_spec.origin
+        source = Path(origin) if origin and origin.endswith(".py") else None
+    if source is None:
+        return
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+    except SyntaxError as e:
+        raise ConfigError(f"reward.function={spec}: {source} line {e.lineno}: {e.msg}") from e
+    bound: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            if any(a.name == "*" for a in node.names):
+                return  # names we cannot see statically
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            bound.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.If | ast.Try | ast.With):
+            return  # conditional definitions: leave it to the import
+    if name not in bound:
+        funcs = sorted(n.name for n in tree.body if isinstance(n, ast.FunctionDef))
+        raise ConfigError(f"reward.function={spec}: {target} has no function {name} "
+                          f"(functions: {', '.join(funcs) or 'none'})")
+
+
 def load_reward_fn(spec: str, kwargs: dict[str, Any] | None = None) -> RewardFn:
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:

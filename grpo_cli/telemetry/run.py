@@ -7,15 +7,16 @@ The loop calls the same methods on every rank; only rank 0's handle writes, so t
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -30,8 +31,6 @@ from grpo_cli.telemetry.store import (
     runs_root,
 )
 from grpo_cli.train.engine import Dist, all_gather_objects
-
-T = TypeVar("T")
 
 _PACKAGES = ("grpo-cli", "torch", "transformers", "deepspeed", "hydra-core", "wandb", "vllm")
 
@@ -62,6 +61,7 @@ class RunHandle:
     store: RunStore | None = None  # rank 0 only
     sink: MetricsSink = field(default_factory=NoopSink)
     show_progress: bool = False
+    progress_bar: bool = False  # a redrawn bar; plain lines otherwise (see ``progress``)
     _last: dict[str, float] = field(default_factory=dict)
     _closed: bool = False
 
@@ -78,23 +78,55 @@ class RunHandle:
                 print(f"grpo: {text}", file=sys.stderr)
         self.note(**fields)
 
-    def progress(self, steps: Iterable[T]) -> Iterator[T]:
-        """Iterate steps; rank 0 shows a progress bar with the latest headline metrics."""
+    def progress(self, steps: range) -> Iterator[int]:
+        """Iterate the steps still to run (past 0 when resumed); rank 0 shows the position
+        out of ``steps.stop`` with the latest headline metrics: a bar on a terminal, else (a
+        log file, a pipe, a sweep arm beside other arms) plain lines prefixed with the run id,
+        so that interleaved arms stay readable."""
         if not self.show_progress:
             yield from steps
-            return
+        elif self.progress_bar:
+            yield from self._bar(steps)
+        else:
+            yield from self._lines(steps)
+
+    def _headline(self) -> str:
+        m = self._last
+        return (f"len {m.get('length/mean', math.nan):.1f} "
+                f"clip {m.get('length/clip_ratio', math.nan):.2f} "
+                f"reward {m.get('reward/mean', math.nan):.2f} "
+                f"{m.get('perf/step_s', math.nan):.2f} s/step")
+
+    def _bar(self, steps: range) -> Iterator[int]:
         from tqdm import tqdm
 
-        bar = tqdm(steps, desc=f"grpo {self.run_id}", unit="step", dynamic_ncols=True)
-        for step in bar:
+        bar = tqdm(desc=f"grpo {self.run_id}", unit="step", dynamic_ncols=True,
+                   initial=steps.start, total=steps.stop)
+        try:
+            for step in steps:
+                yield step
+                bar.set_postfix_str(self._headline(), refresh=False)
+                bar.update()
+        finally:
+            bar.close()
+
+    def _lines(self, steps: range, every_s: float = 30.0) -> Iterator[int]:
+        """A line after the first step, the last, every 5% of the run and at least every
+        ``every_s`` seconds."""
+        total = steps.stop
+        if steps.start > 0:
+            self._say(f"resumed at step {steps.start}/{total}")
+        every = max(1, total // 20)
+        said = time.monotonic()
+        for step in steps:
             yield step
-            m = self._last
-            bar.set_postfix_str(
-                f"reward={m.get('reward/mean', float('nan')):.3f} "
-                f"len={m.get('length/mean', float('nan')):.1f} "
-                f"clip={m.get('length/clip_ratio', float('nan')):.2f} "
-                f"s/step={m.get('perf/step_s', float('nan')):.2f}"
-            )
+            done, now = step + 1, time.monotonic()
+            if step == steps.start or done == total or done % every == 0 or now - said >= every_s:
+                self._say(f"step {done}/{total} {self._headline()}")
+                said = now
+
+    def _say(self, text: str) -> None:
+        print(f"grpo {self.run_id} {text}", file=sys.stderr, flush=True)
 
     def log(
         self,
@@ -167,6 +199,7 @@ def open_run(cfg: RunConfig, resolved: DictConfig, d: Dist,
     store.write_config(config)  # on resume: the same config, trainer.steps/logger as now
     if experiment_text is not None:
         (store.path / "experiment.yaml").write_text(experiment_text)
+    bar = draws_bar(cfg)  # before W&B starts, which may wrap stderr to record the console
     sinks: list[MetricsSink] = [StoreSink(store)]
     w = cfg.logger.wandb
     if w.mode != "disabled":
@@ -176,4 +209,12 @@ def open_run(cfg: RunConfig, resolved: DictConfig, d: Dist,
             mode=w.mode, project=w.project, entity=w.entity, group=cfg.sweep_id, tags=tags,
             recorded=read_metrics(store.path) if cfg.resume else (),
         ))  # resume="allow": a resumed run continues the same W&B run id
-    return RunHandle(run_id, run_dir, store, MultiSink(sinks), show_progress=cfg.logger.progress)
+    return RunHandle(run_id, run_dir, store, MultiSink(sinks), show_progress=cfg.logger.progress,
+                     progress_bar=bar)
+
+
+def draws_bar(cfg: RunConfig) -> bool:
+    """A progress bar only where one process owns the terminal: stderr is one, and the run
+    is not a sweep arm (parallel arms share it; their bars would overwrite each other)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return cfg.sweep_id is None and isatty is not None and bool(isatty())

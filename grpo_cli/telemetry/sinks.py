@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -79,6 +80,8 @@ class WandbSink:
         # W&B history is append-only: after a resume, steps an earlier process already
         # logged (up to this one) are not sent again; the run store holds the redone steps.
         self.held_through = held_through
+        self.sent: int | None = None  # the newest step handed to W&B
+        self.files: tuple[Path, str] | None = None  # (wandb dir, run id): where it lands
 
     @property
     def active(self) -> bool:
@@ -118,11 +121,13 @@ class WandbSink:
             run = wandb.init(
                 id=run_id, dir=str(run_dir), mode=mode, config=config, group=group,
                 tags=list(tags), project=project, entity=entity, resume="allow",
+                settings=wandb.Settings(**wandb_output_settings(mode)),
             )
         except Exception as e:  # any W&B failure must not stop training
             _warn_disabled("init", e)
             return cls(None)
         sink = cls(run, held)
+        sink.files = (Path(run_dir) / "wandb", run_id)
         try:
             # The training step is the x-axis of every chart (steps numbered from 0).
             run.define_metric("step")
@@ -158,6 +163,7 @@ class WandbSink:
                 rows = [[_plain(s.get(c)) for c in SAMPLE_COLUMNS] for s in samples]
                 payload["samples"] = wandb.Table(columns=list(SAMPLE_COLUMNS), data=rows)
             self._run.log(payload, step=int(step))
+            self.sent = int(step)
         except Exception as e:
             self._disable("log", e)
 
@@ -170,6 +176,26 @@ class WandbSink:
         except Exception as e:
             self._disable("finish", e)
         self._run = None
+        self._wait_for_records()
+
+    def _wait_for_records(self, timeout_s: float = 15.0) -> None:
+        """W&B's service may still be writing the run file when ``finish`` returns (seen in
+        about 1 in 10 offline runs); wait, bounded, until it holds the last step sent, so a
+        reader (``grpo report`` of the W&B dir, a resume) right after sees every step."""
+        if self.files is None or self.sent is None:
+            return
+        import time
+
+        from grpo_cli.telemetry.wandb_files import last_logged_step
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            held = last_logged_step(*self.files)
+            if held is not None and held >= self.sent:
+                return
+            time.sleep(0.05)
+        log.warning("W&B's run file under %s does not hold step %d yet", self.files[0],
+                    self.sent)
 
     def _disable(self, what: str, error: Exception) -> None:
         _warn_disabled(what, error)
@@ -178,6 +204,18 @@ class WandbSink:
             run.finish(exit_code=1)
         except Exception:
             pass
+
+
+def wandb_output_settings(mode: str, env: Mapping[str, str] | None = None) -> dict[str, bool]:
+    """What W&B itself prints: offline, nothing (no banner, no ~30-line summary; the run's
+    files under wandb/ are written and syncable all the same, and the run prints its own
+    progress and result); online, only the run's URL (``quiet``). A W&B failure still
+    reaches the user as this sink's one warning. WANDB_SILENT / WANDB_QUIET, when set,
+    decide instead."""
+    env = os.environ if env is None else env
+    if "WANDB_SILENT" in env or "WANDB_QUIET" in env:
+        return {}
+    return {"silent": True} if mode == "offline" else {"quiet": True}
 
 
 def _warn_disabled(what: str, error: Exception) -> None:

@@ -40,6 +40,12 @@ def free_port() -> int:
 
 def init_distributed() -> Dist:
     """Join the launcher's process group, or make a one-rank group for a plain process."""
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        # Say what the run uses, so DeepSpeed does not warn that it found no accelerator
+        # (it must be set before DeepSpeed's first import; the ranks inherit it). A user's
+        # own DS_ACCELERATOR wins.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
     if "RANK" not in os.environ:  # not started by a launcher
@@ -47,15 +53,32 @@ def init_distributed() -> Dist:
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
         )
-    cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
+    else:
+        skip_shm_comm_op()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
                                    auto_mpi_discovery=False, verbose=False)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend from building its ``deepspeed_shm_comm`` C++ op.
+
+    DeepSpeed's process-group wrapper compiles that op (a shared-memory all-reduce) with the
+    host's C++ compiler when it starts, on every CPU run: tens of seconds on a fresh machine
+    (once per TORCH_EXTENSIONS_DIR), and a compiler it silently needs. Only DeepSpeed's
+    inference all-reduce (AutoTP layers) calls it; a training run's all-reduces, all-gathers
+    and reduce-scatters go through gloo, on one rank or many. The wrapper gets the op from
+    ``build_shm_op``; None is DeepSpeed's own answer on a host that cannot build it, and
+    skips the probe of every op's compatibility (gcc test builds) that comes first."""
+    import importlib
+
+    # by name: `import deepspeed.comm.torch as m` binds torch itself (the package attribute)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 def ds_config(cfg: RunConfig, world: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ the uninterrupted one would (no RNG state is saved).
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,7 @@ from grpo_cli.train.sample import (
     score,
     validation_metrics,
 )
-from grpo_cli.train.stop import StopRequest, stop_on_signals
+from grpo_cli.train.stop import StopRequest, stop_notice, stop_on_signals, stopped_message
 from grpo_cli.train.update import train_on_batch
 
 
@@ -51,11 +52,15 @@ def train(cfg: RunConfig, resolved: DictConfig, experiment_text: str | None = No
     seed_everything(cfg.seed)
     inputs = load_inputs(cfg, d)
     run: RunHandle = open_run(cfg, resolved, d, experiment_text)
-    with stop_on_signals() as stop:
+    notice = stop_notice(cfg.trainer.save_on_interrupt) if d.is_main else ""
+    with stop_on_signals(notice) as stop:
         try:
             _train(cfg, d, run, stop, inputs)
         except (KeyboardInterrupt, Terminated):
             run.close("interrupted")
+            if d.is_main:
+                last = ckpt.last_complete_step(run.run_dir / "checkpoints")
+                print(stopped_message(run.run_id, last), file=sys.stderr)
             raise
         except BaseException:
             run.close("failed")

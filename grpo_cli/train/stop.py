@@ -4,6 +4,7 @@ current step, on every rank at the same step; a second signal ends it at once.""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,12 +19,17 @@ class StopRequest:
     """A signal asked the run to stop: the loop finishes its step, saves if asked, then stops."""
 
     signum: int | None = None
+    notice: str = ""  # printed when the first signal arrives ("" prints nothing: other ranks)
 
     def handler(self, signum: int, frame: object) -> None:
         if self.signum is not None:  # the second signal: stop now
             self.signum = signum
             self.stop_now()
         self.signum = signum
+        if self.notice:
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            sys.stderr.write(f"\ngrpo: {name}: {self.notice} ({name} again stops at once)\n")
+            sys.stderr.flush()
 
     def agreed(self, d: eng.Dist) -> bool:
         """Whether any rank was signalled (ranks must stop at the same step)."""
@@ -39,10 +45,10 @@ class StopRequest:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[StopRequest]:
+def stop_on_signals(notice: str = "") -> Iterator[StopRequest]:
     """Route SIGTERM and SIGINT to a :class:`StopRequest` for the duration. Handlers need the
     main thread; sweep arms run in threads keep the defaults."""
-    stop = StopRequest()
+    stop = StopRequest(notice=notice)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGTERM,
@@ -52,3 +58,19 @@ def stop_on_signals() -> Iterator[StopRequest]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def stop_notice(save_on_interrupt: bool) -> str:
+    """What the user is told when a signal arrives: the wait is the current step."""
+    then = "saving a checkpoint" if save_on_interrupt else "no checkpoint " \
+        "(trainer.save_on_interrupt=false)"
+    return f"finishing the current step, {then}, then stopping"
+
+
+def stopped_message(run_id: str, last_step: int | None) -> str:
+    """The line an interrupted run ends with: how to continue it, or why it cannot be."""
+    if last_step is None:
+        return (f"grpo: run {run_id} stopped with no checkpoint, so it cannot be resumed "
+                "(trainer.save_on_interrupt=true or trainer.save_every=N save one)")
+    return (f"grpo: run {run_id} stopped; step {last_step} is saved. Continue with: "
+            f"grpo run resume={run_id}")

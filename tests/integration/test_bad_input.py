@@ -22,13 +22,41 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "wrongtype.py").write_text("def fn(batch):\n    return ['high' for _ in batch]\n")
     (tmp_path / "short.py").write_text("def fn(batch):\n    return [1.0]\n")
     (tmp_path / "nooverall.py").write_text("def fn(b):\n    return [{'acc': 1.0} for _ in b]\n")
+    (tmp_path / "firstrow.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
     (tmp_path / "run1" / "sub").mkdir(parents=True)
+    (tmp_path / "broken.yaml").write_text("# grpo run config=broken.yaml\ntrainer:\n  steps: 3"
+                                         "\n lr: [1\n")
+    (tmp_path / "list.yaml").write_text("- trainer.steps=3\n")
+    (tmp_path / "typo.yaml").write_text("trainer:\n  stesp: 3\n")
+    (tmp_path / "easyr1.yaml").write_text("worker:\n  rollout:\n    n: 4\n")
     return tmp_path
 
 
 CASES = [
     # (argv, text the one line must contain); {d} is the fixture's directory
     (["run", "trainer.bogus=1"], "trainer.bogus"),
+    # typos get the nearest key, other frameworks' names get this project's key
+    (["run", "max_lenght=64"], "max_lenght: no such config key; did you mean max_len?"),
+    (["run", "trainer.stesp=3"], "did you mean trainer.steps?"),
+    (["run", "trainer.temperature=0.7"], "did you mean rollout.temperature?"),
+    (["run", "worker.rollout.n=4"], "worker.rollout.n: not a key here; use rollout.n"),
+    (["run", "trainer.save_freq=5"], "use trainer.save_every"),
+    (["run", "trainer.val_freq=5"], "use trainer.val_every"),
+    (["run", "data.rollout_batch_size=128"], "use trainer.prompts_per_step"),
+    (["run", "worker.actor.global_batch_size=64"], "use trainer.updates_per_batch"),
+    (["run", "actor_rollout_ref.rollout.n=4"], "use rollout.n"),
+    (["run", "+max_lenght=64"], "did you mean max_len?"),
+    (["run", "config={d}/typo.yaml"], "config={d}/typo.yaml: trainer.stesp: no such config key"),
+    (["run", "config={d}/easyr1.yaml"], "worker.rollout.n: not a key here; use rollout.n"),
+    # a malformed experiment file: the user's file and line, not a temp copy
+    (["run", "config={d}/broken.yaml"], "config={d}/broken.yaml: not valid YAML at line 4"),
+    (["run", "config={d}/list.yaml"], "config={d}/list.yaml: expected a mapping of keys"),
+    (["run", "trainer.micro_batch_size=32", "rollout.n=4", "trainer.prompts_per_step=4"],
+     "trainer.micro_batch_size=32 must divide the 16 completions"),
+    (["run", "data.train_files={d}/firstrow.jsonl"],
+     "data.prompt_key=problem: data.train_files={d}/firstrow.jsonl has no such column "
+     "(columns: answer, question)"),
+    (["run", "reward.function=grpo_cli.rewards.nope:fn"], "no module named grpo_cli.rewards.nope"),
     (["run", "trainer.steps=ten"], "trainer.steps"),
     (["run", "max_len=0"], "data.max_response_length (max_len)=0: must be > 0"),
     (["run", "data.max_prompt_length=-5"], "data.max_prompt_length=-5: must be > 0"),
@@ -42,9 +70,11 @@ CASES = [
     (["run", "data.train_files={d}/missing.jsonl"], "file not found"),
     (["run", *QUICK, "data.train_files={d}/broken.jsonl"], "broken.jsonl: line 2 is not valid"),
     (["run", *QUICK, "data.train_files={d}/nocol.jsonl"], "row 1 has no such column"),
-    (["run", *QUICK, "reward.function={d}/missing.py:fn"], "missing.py not found"),
+    (["run", "reward.function={d}/missing.py:fn"], "missing.py not found"),
     (["run", *QUICK, "reward.function={d}/noimport.py:fn"], "No module named 'not_a_module_xyz'"),
-    (["run", *QUICK, "reward.function=grpo_cli.rewards.math:nofn"], "has no function nofn"),
+    (["run", "reward.function=grpo_cli.rewards.math:nofn"], "has no function nofn"),
+    (["run", "reward.function={d}/noimport.py:nofn"],
+     "noimport.py has no function nofn (functions: fn)"),
     # The reward's return value is only seen on the first batch: the run has started then.
     (["run", *QUICK, "reward.function={d}/wrongtype.py:fn"], "reward 'overall' is str"),
     (["run", *QUICK, "reward.function={d}/short.py:fn"], "must return a list of 8 scores, got 1"),
@@ -63,7 +93,22 @@ CASES = [
     (["report", "{d}/run1/sub"], "neither a grpo run directory nor a W&B offline run"),
     (["sweep", "--resume", "sweep-nope", "max_len=16,24"], "no manifest"),
     (["sweep", "{d}/missing.yaml"], "sweep file not found"),
+    # every arm is checked before any starts, dry run included
+    (["sweep", "--dry-run", "max_lenght=32,64"], "did you mean max_len?"),
+    (["sweep", "max_lenght=32,64"], "did you mean max_len?"),
+    (["sweep", "--dry-run", "max_len=32,64", "trainer.steps=ten"],
+     "sweep arm 0 (data.max_response_length=32): trainer.steps: Value 'ten'"),
+    (["sweep", "max_len=32,0", "trainer.steps=2"],
+     "sweep arm 1 (data.max_response_length=0): data.max_response_length (max_len)=0"),
+    (["sweep", "max_len=16,24", "trainer.save_freq=2"], "use trainer.save_every"),
+    (["sweep", "max_len=16,24", "hydra/launcher=nope"], "Could not find 'hydra/launcher/nope'"),
 ]
+
+# Checks that need no model, no data beyond a file's first row and no torch: they must come
+# before anything heavy (a shadowing `torch` package that refuses to import proves it).
+NO_TORCH = [c for c in CASES if c[0][0] == "sweep" or not any(
+    a.startswith(("resume=", "report", "rollout=", "model.", "trainer.nodes", "trainer.launcher"))
+    or a in QUICK for a in c[0])]
 
 
 @pytest.mark.parametrize(("argv", "expected"), CASES, ids=[" ".join(c[0][:1] + c[0][-1:])
@@ -85,6 +130,34 @@ def test_bad_input_is_one_line_exit_2(grpo, runs_dir: Path, files: Path, argv: l
     else:  # nothing loaded, nothing written, nothing else said
         assert len(lines) == 1, res.stderr[-2000:]
         assert runs == [], "bad input must fail before a run directory exists"
+
+
+@pytest.fixture
+def no_torch(tmp_path: Path) -> dict[str, str]:
+    """An environment where `import torch` fails (a stand-in package first on the path)."""
+    import os
+
+    fake = tmp_path / "no_torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch imported by a config check')\n")
+    return {"PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.parametrize(("argv", "expected"), NO_TORCH, ids=[" ".join(c[0][:1] + c[0][-1:])
+                                                               for c in NO_TORCH])
+def test_config_checks_come_before_torch(grpo, files: Path, no_torch: dict[str, str],
+                                         argv: list[str], expected: str) -> None:
+    res = grpo(*[a.format(d=files) for a in argv], env=no_torch)
+    assert res.returncode == 2 and "torch imported" not in res.stderr, res.stderr[-2000:]
+    assert expected.format(d=files) in res.stderr
+
+
+def test_a_good_config_is_checked_without_torch(grpo, no_torch: dict[str, str]) -> None:
+    """`--cfg job` composes, types and validates the default and the VL experiment."""
+    for args in ([], ["config=conf/experiment/toy_vl.yaml"]):
+        res = grpo("run", *args, "--cfg", "job", env=no_torch)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "micro_batch_size: 32" in res.stdout  # filled in: 16 prompts x 8 / 1 rank
 
 
 def test_debug_shows_the_traceback(grpo) -> None:

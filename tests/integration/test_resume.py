@@ -100,10 +100,12 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(grpo, runs_dir: Path) -
     for want, have in zip(expected, comparable(read_metrics(runs_dir / "killed")), strict=True):
         for key, value in want.items():
             assert have[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (have["step"], key)
-    # W&B: the segments of the one run id hold every step exactly once
+    # W&B: the segments of the one run id hold every step exactly once. The kill can land
+    # before W&B's service wrote any record of the first process (seen under load): then the
+    # resumed process sends every step from the store, and its segment holds them all.
     segments = [read_wandb_history(f)
                 for f in sorted((runs_dir / "killed" / "wandb").glob("offline-run-*/*.wandb"))]
-    assert len(segments) == 2
+    assert 1 <= len(segments) <= 2 and segments[-1]
     assert sorted(step for seg in segments for step in seg) == list(range(steps))
 
 

@@ -122,18 +122,15 @@ def test_two_cpu_ranks(runs_dir: Path, zero_stage: int, self_launched: bool) -> 
     assert os.path.isdir(run / "wandb")
 
 
-@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
-def test_signal_finishes_the_step_checkpoints_and_resumes(runs_dir: Path, sig: str,
-                                                          code: int) -> None:
-    """SIGTERM (preemption) or Ctrl-C: the current step completes, a checkpoint of it is
-    written (trainer.save_on_interrupt), the run is marked interrupted with the conventional
-    exit code, and `resume=` continues right after that step."""
+def _signal_after_two_steps(runs_dir: Path, sig: str, *args: str) -> tuple[int, str]:
+    """Start a long `grpo run` (run id `sig`), send ``sig`` once two steps are recorded;
+    the exit code and stderr."""
     import signal
     import time
 
     proc = start_grpo(runs_dir, "run", *TINY, "trainer.steps=500", "max_len=16",
-                      "logger.wandb.mode=disabled", "trainer.save_on_interrupt=true",
-                      "run_id=sig", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                      "logger.wandb.mode=disabled", "run_id=sig", *args,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics = runs_dir / "sig" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -142,13 +139,64 @@ def test_signal_finishes_the_step_checkpoints_and_resumes(runs_dir: Path, sig: s
         time.sleep(0.2)
     proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == code, err[-2000:]
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize(("sig", "code", "name"), [("SIGTERM", 143, "SIGTERM"),
+                                                   ("SIGINT", 130, "Ctrl-C")])
+def test_signal_finishes_the_step_checkpoints_and_resumes(runs_dir: Path, sig: str,
+                                                          code: int, name: str) -> None:
+    """SIGTERM (preemption) or Ctrl-C with the defaults: the run says at once that it is
+    finishing the step; the step completes, a checkpoint of it is written, the run is marked
+    interrupted with the conventional exit code and ends with the command that continues it;
+    `resume=` continues right after that step."""
+    returncode, err = _signal_after_two_steps(runs_dir, sig)
+    assert returncode == code, err[-2000:]
+    assert (f"grpo: {name}: finishing the current step, saving a checkpoint, then stopping "
+            f"({name} again stops at once)") in err
     meta = json.loads((runs_dir / "sig" / "meta.json").read_text())
     assert meta["status"] == "interrupted" and "end_time" in meta
     steps = [m["step"] for m in read_metrics(runs_dir / "sig")]
     assert 2 <= len(steps) < 500 and steps == list(range(len(steps)))
     assert meta["last_checkpoint_step"] == steps[-1]  # the finished step was saved
+    assert (f"grpo: run sig stopped; step {steps[-1]} is saved. Continue with: "
+            "grpo run resume=sig") in err
 
     res = run_grpo(runs_dir, "run", "resume=sig", f"trainer.steps={len(steps) + 2}")
     assert res.returncode == 0, res.stderr[-2000:]
     assert [m["step"] for m in read_metrics(runs_dir / "sig")] == list(range(len(steps) + 2))
+
+
+def test_interrupt_without_saving_says_it_cannot_resume(runs_dir: Path) -> None:
+    """trainer.save_on_interrupt=false: the exit says there is nothing to resume, and
+    `resume=` is refused naming the key that would have saved one."""
+    returncode, err = _signal_after_two_steps(runs_dir, "SIGINT",
+                                              "trainer.save_on_interrupt=false")
+    assert returncode == 130, err[-2000:]
+    assert "finishing the current step, no checkpoint (trainer.save_on_interrupt=false)" in err
+    assert "grpo: run sig stopped with no checkpoint, so it cannot be resumed" in err
+    res = run_grpo(runs_dir, "run", "resume=sig")
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: resume=sig: no complete checkpoint")
+    assert "trainer.save_on_interrupt=true" in res.stderr
+
+
+def test_reward_kwargs_without_plus_and_a_fitted_micro_batch(grpo, runs_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """`reward.kwargs.k=v` and `reward.kwargs={k: v}` reach the reward function (no `+`
+    needed); a small batch with trainer.micro_batch_size unset trains with the largest
+    micro-batch that divides it (4 prompts x 4 samples: 16), recorded in config.yaml."""
+    reward = tmp_path / "weighted.py"
+    reward.write_text("def fn(batch, format_weight=0.0, scale=1.0):\n"
+                      "    return [format_weight * scale for _ in batch]\n")
+    res = grpo("run", *TINY, "trainer.micro_batch_size=null", "rollout.n=4",
+               "trainer.prompts_per_step=4", "trainer.steps=1", "trainer.val_every=0",
+               "max_len=8", f"reward.function={reward}:fn", "reward.kwargs.format_weight=0.25",
+               "reward.kwargs={scale: 2.0}", "logger.wandb.mode=disabled")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = run_dir_of(runs_dir, res.stdout)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["reward"]["kwargs"] == {"format_weight": 0.25, "scale": 2.0}
+    assert config["trainer"]["micro_batch_size"] == 16
+    rewards = read_rollouts(run)["reward"]
+    assert len(rewards) == 16 and (rewards == 0.5).all()

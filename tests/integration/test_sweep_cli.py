@@ -165,3 +165,43 @@ def test_a_multi_rank_arm_starts_its_ranks_through_the_launcher(grpo, runs_dir: 
     assert len(read_metrics(run)) == 2
     arm_file = runs_dir / "sweeps" / meta["sweep_id"] / "arms" / "000.yaml"
     assert yaml.safe_load(arm_file.read_text())["data"]["max_response_length"] == 16
+
+
+def test_ctrl_c_marks_the_sweep_interrupted_and_resume_continues_the_arm(
+        runs_dir: Path) -> None:
+    """Ctrl-C during a sequential sweep: the running arm finishes its step and saves it, the
+    manifest says `interrupted` (never `running` for a sweep that ended) and `--resume`
+    continues that arm's own run from its checkpoint."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.helpers import start_grpo
+
+    args = ["sweep", "max_len=16,24", *SHORT, "trainer.steps=200", "trainer.val_every=0",
+            "logger.wandb.mode=disabled"]
+    proc = start_grpo(runs_dir, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        metrics = list(runs_dir.glob("sweep-*-000/metrics.jsonl"))
+        if metrics and metrics[0].read_text().count("\n") >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, err[-2000:]
+    man = manifest(runs_dir)
+    assert man["status"] == "interrupted" and "end_time" in man, man
+    assert [a["status"] for a in man["arms"]] == ["interrupted", "pending"]
+    run_id = man["arms"][0]["run_id"]
+    done = len(read_metrics(runs_dir / run_id))
+    assert 2 <= done < 200
+
+    # shorter now: finish both arms (the resumed arm continues its own run)
+    short = [a if a != "trainer.steps=200" else f"trainer.steps={done + 1}" for a in args]
+    res = run_grpo(runs_dir, short[0], "--resume", man["sweep_id"], *short[1:])
+    assert res.returncode == 0, res.stderr[-3000:]
+    man2 = manifest(runs_dir)
+    assert man2["status"] == "completed"
+    assert man2["arms"][0]["run_id"] == run_id
+    assert [m["step"] for m in read_metrics(runs_dir / run_id)] == list(range(done + 1))

@@ -1,23 +1,31 @@
-"""Run labels come from the config keys that set runs apart, and seeds group."""
+"""Run labels come from the config keys that set runs apart (or the run's name), and seeds
+group."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
 
 from grpo_cli.config.schema import RunConfig
-from grpo_cli.report.load import RunData, assign_labels
+from grpo_cli.report import build_report
+from grpo_cli.report.load import RunData, assign_labels, display_name
+from grpo_cli.report.synthetic import write_synthetic_run
+from grpo_cli.telemetry.store import RunStore
 
 
 def _run(run_id: str, max_len: int, seed: int, drop: str | None = None,
-         **trainer: object) -> RunData:
+         name: str | None = None, **trainer: object) -> RunData:
     config = asdict(RunConfig())
     config["data"]["max_response_length"], config["seed"] = max_len, seed
     config["trainer"].update(trainer)
+    config["name"] = name
     if drop:  # a key an older grpo-cli did not write
         del config["trainer"][drop]
-    return RunData(run_id, "store", None, config, {}, pd.DataFrame())
+    meta = {"run_id": run_id, "name": name}  # what `grpo run name=...` stores
+    return RunData(run_id, "store", None, config, meta, pd.DataFrame())
 
 
 def test_seeds_group_and_a_key_an_older_version_lacked_is_no_difference() -> None:
@@ -33,3 +41,51 @@ def test_a_key_set_apart_from_its_default_still_labels() -> None:
     runs = [_run("a", 32, 0, drop="adam_eps"), _run("b", 32, 0, adam_eps=1.0)]
     assign_labels(runs)
     assert [r.label for r in runs] == ["trainer.adam_eps=1e-08", "trainer.adam_eps=1.0"]
+
+
+def test_a_single_run_is_labelled_by_its_name_and_shown_as_name_and_id() -> None:
+    (named,) = runs = [_run("20261201-101010-aaaa0000", 32, 0, name="baseline")]
+    assign_labels(runs)
+    assert named.label == "baseline"
+    assert display_name(named) == "baseline (20261201-101010-aaaa0000)"
+    (plain,) = runs = [_run("20261201-101010-bbbb0000", 32, 0)]
+    assign_labels(runs)
+    assert plain.label == display_name(plain) == "20261201-101010-bbbb0000"
+
+
+def test_unique_names_label_shared_names_keep_the_config_label_and_show_the_name() -> None:
+    runs = [_run("a", 32, 0, name="short cap"), _run("b", 256, 0, name="long cap"),
+            _run("c", 512, 0)]
+    assign_labels(runs)
+    assert [r.label for r in runs] == ["short cap", "long cap", "max_len=512"]
+    assert [display_name(r) for r in runs] == ["short cap (a)", "long cap (b)",
+                                               "max_len=512 (c)"]
+    assert runs[0].group != runs[1].group  # grouping is still by config
+    # sweep arms share the sweep's name=: labelled by what differs, the name beside the id
+    arms = [_run("s-000", 32, 0, name="caps"), _run("s-001", 256, 0, name="caps")]
+    assign_labels(arms)
+    assert [r.label for r in arms] == ["max_len=32", "max_len=256"]
+    assert display_name(arms[1]) == "max_len=256 (caps, s-001)"
+    assert display_name(arms[1], "\n") == "max_len=256\n(caps, s-001)"
+    # nothing tells them apart: the fallback is the name and the id, never a bare duplicate
+    twins = [_run("t0", 32, 0, name="same"), _run("t1", 32, 0, name="same")]
+    assign_labels(twins)
+    assert [r.label for r in twins] == ["same (t0)", "same (t1)"]
+    assert display_name(twins[0]) == "same (t0)"
+
+
+def test_the_report_shows_names_in_title_tables_and_headings(tmp_path: Path) -> None:
+    write_synthetic_run(tmp_path, "run-a", "healthy", steps=6)
+    write_synthetic_run(tmp_path, "run-b", "healthy", steps=6, cap=48)
+    RunStore.open(tmp_path, "run-a").update_meta(name="baseline")
+    out = build_report(["run-a"], out=tmp_path / "one", runs_dir=tmp_path)
+    page, md = (out / "report.html").read_text(), (out / "report.md").read_text()
+    assert "<h1>GRPO length report: baseline (run-a)</h1>" in page
+    assert md.startswith("# GRPO length report: baseline (run-a)\n")
+    assert "<tr><td>baseline (run-a)</td>" in page and "| baseline (run-a) |" in md
+    out = build_report(["run-a", "run-b"], out=tmp_path / "two", runs_dir=tmp_path)
+    page, md = (out / "report.html").read_text(), (out / "report.md").read_text()
+    assert len(re.findall(r"<tr><td>baseline \(run-a\)</td>", page)) == 2  # both tables
+    assert len(re.findall(r"<tr><td>max_len=48 \(run-b\)</td>", page)) == 2
+    assert "<h3>baseline (run-a)</h3>" in page and "### baseline (run-a)" in md
+    assert "| max_len=48 (run-b) |" in md
