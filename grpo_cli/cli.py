@@ -176,14 +176,19 @@ TARGETS are run ids, one or more sweep ids (all arms, seeds grouped), a director
 run or a W&B offline run (path/to/wandb/offline-run-...), or wandb:entity/project/run_id
 (needs network and a W&B login). The report has the length heat map with the cap, length
 percentiles, clip ratio, reward and accuracy, reward-length correlations, correct vs
-incorrect length, a summary table over the first/last 10% of steps, a diagnosis with
-remedies, and a censoring-aware (Kaplan-Meier) estimate of the length without the cap.
+incorrect length, summary tables over the first/last window of steps (--window: 10% of the
+steps by default, or a number of steps), a diagnosis with remedies, and a censoring-aware
+(Kaplan-Meier) estimate of the length without the cap. Runs that differ only in seed form an
+arm: its numbers are means over seeds with 95% t intervals, one diagnosis per arm (findings
+of most seeds), and arms are compared on the length change with Welch's t-test.
 
 \b
 Examples:
   grpo report 20261123-201530-a1b2c3d4
   grpo report RUN_A RUN_B --out /tmp/compare
   grpo report sweep-20261123-201530-a1b2c3d4 --open
+  grpo report sweep-20261123-201530-a1b2c3d4 --window 10     # first/last 10 steps
+  grpo report RUN --format svg,pdf     # vector figures (paper-size fonts) too
   grpo report runs/RUN/wandb/offline-run-20261123_201531-RUN
 """
 
@@ -196,11 +201,16 @@ def report(
                                              "<runs root>/reports/<name>/)")] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="open report.html in a browser")]
     = False,
+    window: Annotated[str, typer.Option("--window", "-w", help="early/late windows: a number "
+                                        "of steps (10) or a share of the run (10%)")] = "10%",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="figure files: png, svg, pdf or "
+                                     "several (svg,pdf); the page embeds SVG if chosen")]
+    = "png",
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     from grpo_cli.report import build_report
 
-    folder = _guard(lambda: build_report(targets, out=out), debug)
+    folder = _guard(lambda: build_report(targets, out=out, window=window, formats=fmt), debug)
     page = (folder / "report.html").resolve()
     typer.echo(str(page))
     if open_browser:

@@ -4,9 +4,13 @@ modules import from here, never from each other."""
 
 from __future__ import annotations
 
+import base64
+import io
 import os
+import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +97,54 @@ def tiny_engine(stage: int, lr: float, hidden: int = 8, warmup_steps: int = 0) -
 def gaps(run: Path) -> list[float]:
     """Each step's sampler vs trainer log-prob gap."""
     return [m["rollout/logprob_diff"] for m in read_metrics(run)]
+
+
+# --- a report's figures, parsed (no headless browser is installable from PyPI here) --------
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+
+def check_png(data: bytes) -> None:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        assert im.format == "PNG" and im.width > 50 and im.height > 50
+
+
+def check_svg(data: bytes) -> None:
+    root = ET.fromstring(data)
+    assert root.tag == f"{SVG}svg"
+    for dim in ("width", "height"):
+        assert float(re.sub(r"[a-z]+$", "", root.attrib[dim])) > 50, dim
+    drawn = [e for e in root.iter() if e.tag in (f"{SVG}path", f"{SVG}image", f"{SVG}text")]
+    assert len(drawn) > 10
+    assert any(e.tag == f"{SVG}text" for e in drawn)  # text kept as text (svg.fonttype none)
+
+
+def check_pdf(data: bytes) -> None:
+    assert data.startswith(b"%PDF-1.") and data.rstrip().endswith(b"%%EOF")
+    assert len(re.findall(rb"/Type\s*/Page[^s]", data)) == 1
+    assert b"/FontFile2" in data  # TrueType embedded (pdf.fonttype 42)
+
+
+CHECK = {"png": check_png, "svg": check_svg, "pdf": check_pdf}
+
+
+def check_pages(out: Path) -> list[str]:
+    """Every figure report.html embeds (data URIs) and report.md links exists and parses;
+    returns the Markdown's figure files."""
+    page = (out / "report.html").read_text()
+    embedded = re.findall(r"<img src='data:(image/[a-z+]+);base64,([A-Za-z0-9+/=]+)'", page)
+    assert embedded and len(embedded) == page.count("<img ")
+    for mime, data in embedded:
+        CHECK["svg" if mime == "image/svg+xml" else "png"](base64.b64decode(data))
+    for href in re.findall(r"<a href='([^']+\.(?:png|svg|pdf))'>", page):
+        CHECK[href.rsplit(".", 1)[1]]((out / href).read_bytes())
+    md = (out / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(linked) == len(embedded)
+    for name in linked:
+        CHECK[name.rsplit(".", 1)[1]]((out / name).read_bytes())
+    return linked

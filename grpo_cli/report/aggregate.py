@@ -39,9 +39,59 @@ class Heatmap:
     cap_offset: float  # where a cap of C tokens is drawn: C + cap_offset (top of C's bin)
 
 
-def window(n_steps: int) -> int:
-    """Steps in the early/late windows: 10% of the run, at least 1 (as `grpo sweep`'s table)."""
-    return max(1, n_steps // 10)
+@dataclass(frozen=True)
+class WindowSpec:
+    """The early/late windows: a share of the run's steps (``10%``) or a number of steps."""
+
+    fraction: float | None = 0.10
+    steps: int | None = None
+
+    def size(self, n_steps: int) -> int:
+        """Steps per window for a run of ``n_steps``: at least 1, at most the run."""
+        if self.steps is not None:
+            return max(1, min(self.steps, n_steps)) if n_steps else 1
+        return max(1, int(n_steps * (self.fraction or 0.10) + 1e-9))
+
+    @property
+    def label(self) -> str:
+        """``10% of steps`` / ``10 steps`` (what table headers and captions say)."""
+        if self.steps is not None:
+            return f"{self.steps} step{'s' if self.steps != 1 else ''}"
+        return f"{100 * (self.fraction or 0.10):g}% of steps"
+
+    @property
+    def cli(self) -> str:
+        """How ``grpo report --window`` spells it."""
+        return str(self.steps) if self.steps is not None else f"{100 * (self.fraction or 0.1):g}%"
+
+
+DEFAULT_WINDOW = WindowSpec()
+
+
+def parse_window(text: str | None) -> WindowSpec:
+    """``10%`` -> 10% of the steps; ``10`` -> 10 steps. ValueError on anything else."""
+    if text is None or not str(text).strip():
+        return DEFAULT_WINDOW
+    t = str(text).strip()
+    try:
+        if t.endswith("%"):
+            value = float(t[:-1])
+            if not 0 < value <= 50:
+                raise ValueError
+            return WindowSpec(fraction=value / 100)
+        steps = int(t)
+        if steps < 1:
+            raise ValueError
+        return WindowSpec(fraction=None, steps=steps)
+    except ValueError:
+        raise ValueError(f"--window {t!r}: expected a number of steps (10) or a share of the "
+                         "run up to half of it (10%)") from None
+
+
+def window(n_steps: int, spec: WindowSpec = DEFAULT_WINDOW) -> int:
+    """Steps in the early/late windows: 10% of the run by default (as `grpo sweep`'s table),
+    at least 1."""
+    return spec.size(n_steps)
 
 
 def step_table(run: RunData) -> pd.DataFrame:
@@ -132,10 +182,11 @@ def heatmap_for(run: RunData, table: pd.DataFrame) -> Heatmap | None:
     return None
 
 
-def late_rows(r: Rollouts) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Lengths and truncation flags of the last 10% of steps (the KM estimate's input)."""
+def late_rows(r: Rollouts, spec: WindowSpec = DEFAULT_WINDOW
+              ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Lengths and truncation flags of the late window (the KM estimate's input)."""
     uniq = np.unique(r.step)
-    w = window(uniq.shape[0])
+    w = window(uniq.shape[0], spec)
     first = int(uniq[-w])
     mask = r.step >= first
     return r.length[mask], r.truncated[mask], (first, int(uniq[-1]))

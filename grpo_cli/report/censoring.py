@@ -23,6 +23,13 @@ TARGET_TRUNCATION = 0.05
 CAP_MARGIN = 1.10  # headroom on the estimated p95, for the policy lengthening as it learns
 CAP_MULTIPLES = (0.5, 0.75, 1.0, 1.5, 2.0)  # candidate caps, as multiples of the current cap
 
+def assumption(window_label: str = "10% of steps", pooled: bool = False) -> str:
+    """The estimate's assumptions, for the report's KM section."""
+    seeds = (" (an arm's seeds pooled: they share one config, so one policy distribution is "
+             "assumed)" if pooled else "")
+    return ASSUMPTION.replace("the last 10% of steps", f"the last {window_label}{seeds}")
+
+
 ASSUMPTION = (
     "Truncated lengths are treated as right-censored (the completion would have been at "
     "least that long) and the distribution is estimated with Kaplan-Meier on the last 10% "
@@ -69,9 +76,10 @@ class KMEstimate:
 class CapAdvice:
     current_cap: int | None
     shares: list[tuple[float, int, float]]  # (multiple of the cap, cap, share truncated)
-    recommended_cap: int | None  # ceil(p95 * margin), None when censored
+    recommended_cap: int | None  # ceil(p95 * margin) above the current cap; else None
     censored_beyond: float | None  # "more than X": S never fell below the target
     message: str
+    keep: bool = False  # the current cap truncates at most the target: never advise lowering
 
 
 def kaplan_meier(lengths: np.ndarray, truncated: np.ndarray,
@@ -115,10 +123,22 @@ def cap_advice(km: KMEstimate, current_cap: int | None) -> CapAdvice:
             shares.append((m, cap, km.share_longer(cap)))
     if km.p95 is not None:
         rec = int(math.ceil(km.p95 * CAP_MARGIN))
+        observed = km.n_censored / km.n
+        if current_cap and (observed <= TARGET_TRUNCATION or rec <= current_cap):
+            # A cap that (almost) truncates nothing is not the problem: never advise lowering
+            # (or nudging) it; say what a tighter cap would cost instead.
+            tight = int(math.ceil(km.p95))
+            msg = (f"no change needed: the current cap of {current_cap} tokens truncated "
+                   f"{observed:.1%} of completions ({km.n_censored} of {km.n})")
+            if tight < current_cap:
+                msg += (f"; a cap of {tight} tokens would truncate "
+                        f"~{km.share_longer(tight):.0%} (KM estimate)")
+            return CapAdvice(current_cap, shares, None, None, msg, keep=True)
         msg = (f"recommended cap: {rec} tokens (estimated p95 {km.p95:.0f} tokens + "
                f"{CAP_MARGIN - 1:.0%} margin)")
         if current_cap:
-            msg += f"; the current cap is {current_cap}"
+            msg += (f"; the current cap of {current_cap} truncated {observed:.0%} of "
+                    "completions")
         return CapAdvice(current_cap, shares, rec, None, msg)
     msg = (f"recommended cap: more than {km.max_observed:.0f} tokens — the estimate is "
            f"censored ({km.probs[-1]:.0%} of completions still run past the longest "

@@ -1,14 +1,20 @@
 """Plain-language findings from a run's window numbers, each with the numbers that fired it.
 
-Rules compare the first and last 10% of steps (see summary.py), never single steps. Every
-threshold is a named constant with the reason for its value; the remedies named are config
-keys this project supports.
+Rules compare the first and last windows of steps (10% by default; see summary.py), never
+single steps. Every threshold is a named constant with the reason for its value; the remedies
+named are config keys this project supports, and a remedy that would set what the run already
+has is dropped (:func:`applicable`). An arm of several seeds gets one diagnosis: the findings
+that hold in most of its seeds (:func:`arm_findings`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import yaml
 
 from grpo_cli.report.censoring import CapAdvice
 from grpo_cli.report.summary import RunSummary
@@ -61,6 +67,7 @@ class Finding:
     evidence: list[str] = field(default_factory=list)
     remedies: list[Remedy] = field(default_factory=list)
     severity: str = "warning"  # warning | info | ok
+    support: str = ""  # an arm's finding: "k of n seeds"
 
 
 def _f(x: float, spec: str = ".1f") -> str:
@@ -115,13 +122,128 @@ SUM_NORM = Remedy("algorithm.loss_agg_mode=seq-mean-token-sum-norm",
                   "Dr. GRPO: a constant normaliser, no length dependence")
 
 
-def diagnose(s: RunSummary, advice: CapAdvice | None = None) -> list[Finding]:
-    """Findings for one run, or a single "healthy" finding when no rule fires."""
+# Remedy keys written in their short form.
+_REMEDY_ALIASES = {"max_len": "data.max_response_length"}
+_DEFAULTS: dict[str, Any] | None = None
+
+
+def _defaults() -> dict[str, Any]:
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        from dataclasses import asdict
+
+        from grpo_cli.config.schema import RunConfig
+
+        _DEFAULTS = asdict(RunConfig())
+    return _DEFAULTS
+
+
+def _lookup(tree: dict[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def config_value(config: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """``(known, value)`` of a dotted key; a key the config lacks ran at the schema default."""
+    key = _REMEDY_ALIASES.get(key, key)
+    found, value = _lookup(config, key)
+    return (found, value) if found else _lookup(_defaults(), key)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    return str(a).strip().lower() == str(b).strip().lower()
+
+
+def applicable(remedy: Remedy, config: dict[str, Any] | None) -> bool:
+    """False when every ``key=value`` of the remedy is already the run's setting (a remedy
+    must change something). An unknown config (a W&B-only run) keeps every remedy."""
+    if not config:
+        return True
+    pairs = [tok.split("=", 1) for tok in remedy.override.split() if "=" in tok]
+    if not pairs:
+        return True
+    for key, text in pairs:
+        known, current = config_value(config, key)
+        try:
+            wanted = yaml.safe_load(text)
+        except yaml.YAMLError:
+            wanted = text
+        if not known or not _same(wanted, current):
+            return True
+    return False
+
+
+def diagnose(s: RunSummary, advice: CapAdvice | None = None,
+             config: dict[str, Any] | None = None) -> list[Finding]:
+    """Findings for one run, or a single "healthy" finding when no rule fires; remedies the
+    run's ``config`` already has are dropped."""
+    findings = _diagnose(s, advice)
+    for f in findings:
+        f.remedies = [r for r in f.remedies if applicable(r, config)]
+    return findings
+
+
+def arm_findings(per_seed: Sequence[list[Finding]], pooled: list[Finding],
+                 seeds: Sequence[Any]) -> list[Finding]:
+    """One diagnosis for an arm: the findings that hold in most seeds ("k of n seeds").
+
+    ``pooled`` is the diagnosis of the seed-averaged numbers (its sentences carry the arm's
+    means); a majority finding the averages do not fire is shown with the first seed that had
+    it. Findings of a minority of seeds are listed in one info finding.
+    """
+    n = len(per_seed)
+    if n == 1:
+        return per_seed[0]
+    who: dict[str, list[int]] = {}
+    first: dict[str, Finding] = {}
+    for i, findings in enumerate(per_seed):
+        for f in findings:
+            if i not in who.setdefault(f.kind, []):
+                who[f.kind].append(i)
+            first.setdefault(f.kind, f)
+    majority = [k for k, idx in who.items() if 2 * len(idx) > n]
+    out: list[Finding] = []
+    for f in pooled:
+        if f.kind in majority:
+            out.append(replace(f, support=f"{len(who[f.kind])} of {n} seeds",
+                               message=f"seed means: {f.message}"))
+    for kind in majority:
+        if not any(f.kind == kind for f in out):
+            f, i = first[kind], who[kind][0]
+            out.append(replace(f, support=f"{len(who[kind])} of {n} seeds",
+                               message=f"seed={seeds[i]}: {f.message} (the seed means do "
+                               "not cross this rule's thresholds)"))
+    if len(out) > 1:
+        out = [f for f in out if f.kind != "healthy"]
+    minority = [k for k in who if k not in majority]
+    if not out:
+        out.append(Finding(
+            "mixed", "No finding holds in most seeds",
+            "the seeds disagree: " + "; ".join(
+                f"{first[k].title.lower()} in {len(who[k])} of {n}" for k in who),
+            [], [], "info", f"0 of {n} seeds agree"))
+    elif minority:
+        out.append(Finding(
+            "minority", "In a minority of seeds",
+            "; ".join(f"{first[k].title} in {len(who[k])} of {n} seeds ("
+                      + ", ".join(f"seed={seeds[i]}" for i in who[k]) + ")"
+                      for k in minority) + " — see the per-seed detail",
+            [], [], "info"))
+    return out
+
+
+def _diagnose(s: RunSummary, advice: CapAdvice | None = None) -> list[Finding]:
     if s.steps < MIN_TREND_STEPS:
         return [Finding(
             "too-few-steps", "Too few steps to judge trends",
             f"only {s.steps} steps were recorded (at least {MIN_TREND_STEPS} are needed to "
-            "compare the first and last 10% of the run): no diagnosis",
+            "compare the first and last windows of the run): no diagnosis",
             [f"steps: {s.steps} (< {MIN_TREND_STEPS})"], [], "info")]
     findings = [f for f in (
         _truncation_pressure(s, advice), _explosion(s, advice), _loss_bias(s),

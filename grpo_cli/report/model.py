@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from grpo_cli.report.aggregate import Heatmap
+from grpo_cli.report.aggregate import DEFAULT_WINDOW, Heatmap, WindowSpec
 from grpo_cli.report.censoring import CapAdvice, KMEstimate
 from grpo_cli.report.diagnosis import Finding
 from grpo_cli.report.load import RunData
-from grpo_cli.report.summary import RunSummary
+from grpo_cli.report.stats import Comparison
+from grpo_cli.report.summary import ArmSummary, RunSummary
 
 
 @dataclass
@@ -23,6 +24,32 @@ class RunView:
     km: KMEstimate | None = None
     advice: CapAdvice | None = None
     km_note: str | None = None  # why there is no estimate
+
+
+@dataclass
+class ArmView:
+    """An arm: the runs that differ only in seed, summarised over its seeds."""
+
+    label: str  # what the tables call it
+    views: list[RunView]
+    summary: ArmSummary
+    findings: list[Finding]  # one diagnosis for the arm (findings of most seeds)
+    km: KMEstimate | None = None  # the seeds' last-window completions pooled
+    advice: CapAdvice | None = None
+    km_note: str | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.views)
+
+
+@dataclass
+class ArmComparison:
+    """Length change first -> last window: ``b`` minus ``a`` over seeds (Welch)."""
+
+    a: str
+    b: str
+    result: Comparison
 
 
 @dataclass
@@ -40,6 +67,9 @@ class Report:
     views: list[RunView]
     groups: dict[str, list[RunView]]  # arms: runs that differ only in seed share a group
     smoothing: int  # rolling-mean window of the figures, in steps
+    arms: list[ArmView] = field(default_factory=list)
+    comparisons: list[ArmComparison] = field(default_factory=list)
+    window: WindowSpec = DEFAULT_WINDOW  # the early / late windows of every table
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     generated: str = ""

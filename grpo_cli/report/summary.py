@@ -1,4 +1,5 @@
-"""Headline numbers per run, always over windows of steps (first and last 10%), never one step.
+"""Headline numbers per run, always over windows of steps (first and last 10% by default, or
+``grpo report --window``), never one step; and per arm, the mean over seeds with a 95% interval.
 
 Per-step means move by about +-15% with the batch's prompt mix on the toy task, so a single
 step says little; window means are what the diagnosis compares.
@@ -7,13 +8,15 @@ step says little; window means are what the diagnosis compares.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
 
-from grpo_cli.report.aggregate import window
+from grpo_cli.report.aggregate import DEFAULT_WINDOW, WindowSpec, window
 from grpo_cli.report.load import RunData
+from grpo_cli.report.stats import Estimate, mean_ci
 
 
 @dataclass
@@ -50,6 +53,10 @@ class RunSummary:
     wall_s: float
     loss_agg_mode: str | None
     status: str | None
+    # natural length (the val/ probe): its mean over the window's steps, else its first / last
+    # reading when no probe step falls inside the window
+    natural_early: float = math.nan
+    natural_late: float = math.nan
 
     @property
     def incorrect_change_pct(self) -> float:
@@ -72,10 +79,23 @@ def _window_mean(col: pd.Series, head: bool, w: int) -> float:
     return float(part.mean()) if len(part) else math.nan
 
 
-def summarize(run: RunData, table: pd.DataFrame) -> RunSummary:
+def _probe(table: pd.DataFrame, head: bool, w: int) -> float:
+    """The natural-length probe over the window's steps, else its nearest reading."""
+    col = table["val/length/mean"]
+    part = (col.iloc[:w] if head else col.iloc[-w:]).dropna()
+    if len(part):
+        return float(part.mean())
+    values = col.dropna()
+    if not len(values):
+        return math.nan
+    return float(values.iloc[0] if head else values.iloc[-1])
+
+
+def summarize(run: RunData, table: pd.DataFrame,
+              spec: WindowSpec = DEFAULT_WINDOW) -> RunSummary:
     """Early/late window means of the per-step table, plus run-wide facts."""
     n = len(table)
-    w = window(n)
+    w = window(n, spec)
 
     def early(col: str) -> float:
         return _window_mean(table[col], True, w)
@@ -107,7 +127,58 @@ def summarize(run: RunData, table: pd.DataFrame) -> RunSummary:
         cap_early=early("max_len"), cap_late=late("max_len"),
         wall_s=wall_time(run, table), loss_agg_mode=run.loss_agg_mode,
         status=run.meta.get("status"),
+        natural_early=_probe(table, True, w), natural_late=_probe(table, False, w),
     )
+
+
+# The headline numbers of an arm, each a mean over seeds with its interval (field, what).
+HEADLINE = (
+    ("len_initial", "length, first window"), ("len_final", "length, last window"),
+    ("len_change_pct", "length change first → last (%)"),
+    ("clip_early", "clip ratio, first window"), ("clip_late", "clip ratio, last window"),
+    ("reward_early", "reward, first window"), ("reward_late", "reward, last window"),
+    ("acc_early", "accuracy, first window"), ("acc_late", "accuracy, last window"),
+    ("natural_early", "natural length, first"), ("natural_late", "natural length, last"),
+)
+
+
+@dataclass
+class ArmSummary:
+    """An arm (runs that differ only in seed): each headline number over its seeds."""
+
+    label: str
+    seeds: list  # the runs' seeds, in the report's order
+    estimates: dict[str, Estimate]  # HEADLINE field -> mean over seeds with its interval
+    mean: RunSummary  # every number averaged over the seeds (what the arm's diagnosis reads)
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+
+def _mean_of(values: list) -> float:
+    a = np.asarray([v for v in values if isinstance(v, (int, float))], dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else math.nan
+
+
+def summarize_arm(label: str, summaries: Sequence[RunSummary], seeds: Sequence) -> ArmSummary:
+    """Means over seeds with 95% t intervals; ``mean`` is the seed-averaged RunSummary (its
+    step counts are the shortest seed's, so no window claims steps a seed lacks)."""
+    first = summaries[0]
+    averaged = {}
+    for f in fields(RunSummary):
+        values = [getattr(s, f.name) for s in summaries]
+        if f.name in ("steps", "window", "last_step"):
+            averaged[f.name] = min(values)
+        elif f.name == "first_step":
+            averaged[f.name] = max(values)
+        elif isinstance(getattr(first, f.name), float):
+            averaged[f.name] = _mean_of(values)
+    mean = replace(first, label=label, run_id=", ".join(s.run_id for s in summaries),
+                   **averaged)
+    estimates = {key: mean_ci([getattr(s, key) for s in summaries]) for key, _ in HEADLINE}
+    return ArmSummary(label, list(seeds), estimates, mean)
 
 
 def _nanmean(col: pd.Series) -> float:

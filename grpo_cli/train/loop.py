@@ -26,7 +26,8 @@ from grpo_cli.config.validate import response_caps, val_cap
 from grpo_cli.data.datasets import PromptSampler
 from grpo_cli.errors import Terminated, TrainingDiverged
 from grpo_cli.rewards.shaping import cap_at_step
-from grpo_cli.telemetry.length_metrics import length_histogram, step_length_metrics
+from grpo_cli.telemetry.histograms import length_histograms, pop_histograms
+from grpo_cli.telemetry.length_metrics import step_length_metrics
 from grpo_cli.telemetry.run import RunHandle, open_run
 from grpo_cli.train import checkpoint as ckpt
 from grpo_cli.train import engine as eng
@@ -142,7 +143,7 @@ def resume(x: Setup, sampler: PromptSampler) -> int:
     return done + 1
 
 
-def probe(x: Setup, step: int) -> dict[str, float]:
+def probe(x: Setup, step: int) -> dict[str, Any]:
     """The natural-length probe on its schedule: the policy before this step's update, and
     at the last step too, to see where it ended."""
     t, val = x.cfg.trainer, x.inputs.val_prompts
@@ -226,8 +227,9 @@ def log_step(x: Setup, step: int, cap: int, r: Rollouts, s: Scored, adv: torch.T
     })
     metrics.update(val_metrics)
     log_start = time.perf_counter()
-    hist = length_histogram(cols["response_length"], max(response_caps(cfg)))
-    x.run.log(step, metrics, {"length/hist": hist}, cols, sample_rows(x, step, r, s))
+    hists = length_histograms(cols["response_length"], cols["correct"], max(response_caps(cfg)))
+    hists.update(pop_histograms(metrics))  # the probe's val/length/hist
+    x.run.log(step, metrics, hists, cols, sample_rows(x, step, r, s))
     tally.last_log_s = time.perf_counter() - log_start
 
 

@@ -18,6 +18,7 @@ from grpo_cli.data.vision import image_inputs
 from grpo_cli.rewards.combine import combine_rewards
 from grpo_cli.rewards.loader import RewardFn, score_batch
 from grpo_cli.rollout.base import Completion, RolloutBackend, RolloutRequest
+from grpo_cli.telemetry.histograms import length_histograms
 from grpo_cli.telemetry.length_metrics import step_length_metrics
 from grpo_cli.train import engine as eng
 
@@ -93,7 +94,7 @@ def gather_columns(local: dict[str, np.ndarray], d: eng.Dist) -> dict[str, np.nd
 def validation_metrics(
     rollout: RolloutBackend, val: PromptSet, cap: int, cfg: RunConfig, reward_fn: RewardFn,
     tokenizer: Any, step: int, d: eng.Dist,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The natural-length probe: the same held-out prompts every time, at a generous cap."""
     per_rank = len(val.prompt_ids) // d.world
     ids = list(range(d.rank * per_rank, (d.rank + 1) * per_rank))
@@ -107,4 +108,6 @@ def validation_metrics(
                             cols["correct"], cap)
     if not np.isnan(cols["correct"]).all():
         m["accuracy"] = float(np.nanmean(cols["correct"]))
-    return {f"val/{k}": v for k, v in m.items()}
+    out: dict[str, Any] = {f"val/{k}": v for k, v in m.items()}
+    out.update(length_histograms(cols["length"], cols["correct"], cap, "val/"))  # (counts, edges)
+    return out

@@ -85,7 +85,8 @@ def test_the_report_shows_names_in_title_tables_and_headings(tmp_path: Path) -> 
     assert "<tr><td>baseline (run-a)</td>" in page and "| baseline (run-a) |" in md
     out = build_report(["run-a", "run-b"], out=tmp_path / "two", runs_dir=tmp_path)
     page, md = (out / "report.html").read_text(), (out / "report.md").read_text()
-    assert len(re.findall(r"<tr><td>baseline \(run-a\)</td>", page)) == 2  # both tables
-    assert len(re.findall(r"<tr><td>max_len=48 \(run-b\)</td>", page)) == 2
+    # both summary tables and the comparison's per-arm table
+    assert len(re.findall(r"<tr><td>baseline \(run-a\)</td>", page)) == 3
+    assert len(re.findall(r"<tr><td>max_len=48 \(run-b\)</td>", page)) == 3
     assert "<h3>baseline (run-a)</h3>" in page and "### baseline (run-a)" in md
     assert "| max_len=48 (run-b) |" in md

@@ -58,7 +58,9 @@ def test_report_of_several_runs_groups_seeds(tmp_path: Path) -> None:
     page = (out / "report.html").read_text()
     for run_id in ("h0", "h1", "c0"):
         assert run_id in page
-    assert page.count("class='finding") >= 3
+    # one diagnosis per arm (the two healthy seeds are one arm), seeds in the collapsed detail
+    assert page.count("class='finding") == 2 and "Healthy — 2 of 2 seeds" in page
+    assert page.count("<details><summary>Per-seed detail") == 1
 
 
 @pytest.mark.parametrize("target", ["no-such-run", "../etc", ".hidden", "a/../../b", ""])
