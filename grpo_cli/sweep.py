@@ -30,6 +30,7 @@ from grpo_cli.config.loader import (
     to_run_config,
 )
 from grpo_cli.config.schema import RunConfig
+from grpo_cli.errors import Terminated
 from grpo_cli.launch import launch_command, needs_launch, run_launcher
 from grpo_cli.telemetry.headline import final_means
 from grpo_cli.telemetry.store import atomic_write_text, read_metrics, runs_root
@@ -208,7 +209,7 @@ def _arm_task(cfg: DictConfig) -> str:
         else:
             train(run_cfg, OmegaConf.structured(run_cfg))
         record["status"] = "completed"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM ends the sweep, not the arm
         record["status"] = "interrupted"
         atomic_write_text(status_file, json.dumps(record))
         raise
@@ -345,7 +346,7 @@ def run_sweep(args: list[str], dry_run: bool = False, resume: str | None = None)
         launch(sweep)
     except BaseException as e:  # the manifest must not say "running" for a sweep that ended
         summarize(sweep)
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        status = "interrupted" if isinstance(e, KeyboardInterrupt | Terminated) else "failed"
         write_manifest(sweep, status=status, start_time=start, end_time=time.time(),
                        error=f"{type(e).__name__}: {e}"[:2000])
         raise

@@ -1,4 +1,4 @@
-"""Group-relative advantages (GRPO and Dr. GRPO). Pure tensor functions.
+"""Group-relative advantages (GRPO, Dr. GRPO, and GFPO's filtered groups). Pure tensor functions.
 
 Completions of one step are laid out grouped: rows ``g*G .. g*G+G-1`` belong to prompt ``g``.
 """
@@ -6,6 +6,8 @@ Completions of one step are laid out grouped: rows ``g*G .. g*G+G-1`` belong to 
 from __future__ import annotations
 
 import torch
+
+from grpo_cli.config.schema import GFPO_METRICS
 
 
 def _grouped(x: torch.Tensor, group_size: int, name: str = "rewards") -> torch.Tensor:
@@ -65,6 +67,38 @@ def group_advantages(
         var = (centred**2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)  # [g, 1]
         centred = centred / (var.sqrt() + eps)
     return torch.where(informative, centred, torch.zeros_like(centred)).reshape(-1)  # [B]
+
+
+def gfpo_keep_mask(
+    lengths: torch.Tensor,  # [B] generated tokens
+    rewards: torch.Tensor,  # [B]
+    group_size: int,
+    keep: int,
+    metric: str = "length",
+) -> torch.Tensor:  # [B] bool
+    """GFPO's filter (Shrivastava et al. 2025, "Sample More to Think Less", arXiv 2508.09726):
+    of each group's G completions keep the k that score best and train on those only.
+
+    ``length``: the k shortest (smallest len_i). ``reward_per_token``: the k with the highest
+    r_i / len_i (token efficiency). Ties go to the earlier row, so the mask is deterministic.
+    The advantages are then computed over the kept subset alone, A_i = (r_i - mean_S(r)) /
+    (std_S(r) + eps) for i in S and A_i = 0 outside it: :func:`group_advantages` with
+    ``valid`` = this mask.
+    """
+    if metric not in GFPO_METRICS:
+        raise ValueError(f"algorithm.gfpo_metric={metric!r}: allowed {', '.join(GFPO_METRICS)}")
+    if not 1 <= keep <= group_size:
+        raise ValueError(f"algorithm.gfpo_keep={keep}: must be in [1, rollout.n={group_size}]")
+    x = _grouped(_as_float(lengths), group_size, "lengths")  # [g, G]
+    if metric == "length":
+        score = x  # ascending: shortest first
+    else:
+        r = _grouped(_as_float(rewards), group_size)  # [g, G]
+        score = -(r / x.clamp(min=1))  # ascending: most reward per token first
+    order = torch.argsort(score, dim=1, stable=True)  # [g, G]
+    kept = torch.zeros_like(x, dtype=torch.bool)
+    kept.scatter_(1, order[:, :keep], True)
+    return kept.reshape(-1)  # [B]
 
 
 def zero_std_group_fraction(rewards: torch.Tensor, group_size: int) -> float:

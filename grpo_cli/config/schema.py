@@ -16,7 +16,10 @@ TOY_CONTEXT = 512  # the toys' context length (max_position_embeddings)
 
 # Allowed values of choice keys, here so checking a config needs no torch.
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
-LENGTH_PENALTIES = ("none", "cosine", "kimi", "linear")
+LENGTH_PENALTIES = ("none", "cosine", "kimi", "linear", "shorter_better", "arora_zanette",
+                    "l1_exact", "l1_max")
+SCHEDULE_MODES = ("step", "linear", "adaptive")
+GFPO_METRICS = ("length", "reward_per_token")
 # An unset trainer.micro_batch_size: the largest divisor of the per-update batch up to this.
 DEFAULT_MICRO_BATCH = 32
 
@@ -49,6 +52,11 @@ class DataConfig:
     max_response_length: int = 32  # alias: max_len
     shuffle: bool = True
     toy_size: int = 4096  # rows generated for toy:<task> datasets
+    # L1 / LCPO budgets: [min, max] tokens; each prompt gets a budget N drawn from it
+    # (deterministic in seed and row index) and becomes length_budget_template with {prompt}
+    # and {budget} filled in. null: no budgets.
+    length_budget: list[int] | None = None
+    length_budget_template: str = "{prompt} Think for {budget} tokens."
 
 
 @dataclass
@@ -80,6 +88,10 @@ class AlgorithmConfig:
     mask_truncated_in_adv: bool = False
     # Constant C of seq-mean-token-sum-norm; null means the response cap in force.
     loss_norm_constant: float | None = None
+    # GFPO: of each group's rollout.n samples train on the gfpo_keep best by gfpo_metric
+    # (length: shortest | reward_per_token), advantages over those; 0 disables.
+    gfpo_keep: int = 0
+    gfpo_metric: str = "length"
 
 
 @dataclass
@@ -104,17 +116,57 @@ class CosineLengthConfig:
 
 
 @dataclass
+class ShorterBetterConfig:
+    """ShorterBetter (Yi et al. 2025): alpha * 1[correct] - beta * |len - SOL|."""
+
+    alpha: float = 1.0
+    beta: float = 0.001  # per token
+
+
+@dataclass
+class AroraZanetteConfig:
+    """Arora & Zanette 2025: 1[correct] * (1 - alpha * sigmoid(normalised length))."""
+
+    alpha: float = 0.1
+
+
+@dataclass
+class L1Config:
+    """L1 / LCPO (Aggarwal & Welleck 2025): Exact 1[correct] - alpha |N - len|; Max
+    1[correct] * clip(alpha (N - len) + delta, 0, 1). N: the prompt's data.length_budget."""
+
+    alpha: float = 0.0003  # per token
+    delta: float = 0.5  # L1-Max only
+
+
+@dataclass
 class LengthConfig:
     """Length controls (caps schedule, overlong penalty, length-aware rewards)."""
 
     schedule: list[Any] | None = None  # [[step, max_len], ...]; null: the fixed cap
-    schedule_mode: str = "step"  # step: piecewise constant | linear: interpolate between stages
+    # step: piecewise constant | linear: interpolate between stages | adaptive: ThinkPrune
+    # rounds (length.rounds), each started by a low clip ratio
+    schedule_mode: str = "step"
     overlong_buffer: int = 0  # DAPO soft overlong punishment; 0 disables
     overlong_penalty_factor: float = 1.0
-    penalty: str = "none"  # none | cosine | kimi | linear
+    # none | cosine | kimi | linear | shorter_better | arora_zanette | l1_exact | l1_max
+    penalty: str = "none"
     penalty_weight: float = 1.0  # multiplies the penalty term before it is added
     penalty_warmup_steps: int = 0  # the penalty applies from this step on (Kimi: after warm-up)
     cosine: CosineLengthConfig = field(default_factory=CosineLengthConfig)
+    shorter_better: ShorterBetterConfig = field(default_factory=ShorterBetterConfig)
+    arora_zanette: AroraZanetteConfig = field(default_factory=AroraZanetteConfig)
+    l1: L1Config = field(default_factory=L1Config)
+    # ProRL stop-properly penalty on completions the cap stopped: reward * coef, or a fixed
+    # value (set one; null disables).
+    stop_penalty_coef: float | None = None
+    stop_penalty_value: float | None = None
+    # schedule_mode=adaptive (ThinkPrune): caps after the starting max_len, each lower than the
+    # last; the next round starts after a step with clip ratio < round_clip_threshold once
+    # the current round has run round_min_steps steps.
+    rounds: list[int] | None = None
+    round_clip_threshold: float = 0.1
+    round_min_steps: int = 5
 
 
 @dataclass

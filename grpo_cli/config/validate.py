@@ -11,12 +11,15 @@ from pathlib import Path
 
 from grpo_cli.config.schema import (
     DEFAULT_MICRO_BATCH,
+    GFPO_METRICS,
     LENGTH_PENALTIES,
     LOSS_AGG_MODES,
+    SCHEDULE_MODES,
     TOY,
     TOY_CONTEXT,
     TOY_VL,
     DataConfig,
+    LengthConfig,
     ModelConfig,
     RunConfig,
 )
@@ -115,8 +118,9 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     )
 
     caps = response_caps(cfg)
-    _choice("length.schedule_mode", cfg.length.schedule_mode, ("step", "linear"))
+    _choice("length.schedule_mode", cfg.length.schedule_mode, SCHEDULE_MODES)
     _choice("length.penalty", cfg.length.penalty, LENGTH_PENALTIES)
+    _validate_length_methods(cfg)
     buffer = cfg.length.overlong_buffer
     _require(0 <= buffer <= min(caps), f"length.overlong_buffer={buffer}: must be between 0 and "
              f"the smallest response cap ({min(caps)})")
@@ -186,8 +190,67 @@ def _validate_vllm_platform(cfg: RunConfig) -> None:
 
 
 def response_caps(cfg: RunConfig) -> list[int]:
-    """Every response cap the run can use: the fixed cap and each schedule stage's."""
-    return [cfg.data.max_response_length] + [int(c) for _, c in _schedule(cfg)]
+    """Every response cap the run can use: the fixed cap, each schedule stage's and each
+    adaptive round's."""
+    return ([cfg.data.max_response_length] + [int(c) for _, c in _schedule(cfg)]
+            + _rounds(cfg.length))
+
+
+def _rounds(length: LengthConfig) -> list[int]:
+    rounds = length.rounds or []
+    _require(all(isinstance(c, int) and c > 0 for c in rounds),
+             f"length.rounds={list(rounds)}: expected a list of positive caps")
+    return [int(c) for c in rounds]
+
+
+def _validate_length_methods(cfg: RunConfig) -> None:
+    """GFPO, length budgets, the group-relative rewards, the stop penalty, adaptive rounds."""
+    a, d, ln = cfg.algorithm, cfg.data, cfg.length
+    _choice("algorithm.gfpo_metric", a.gfpo_metric, GFPO_METRICS)
+    _require(a.gfpo_keep == 0 or 2 <= a.gfpo_keep <= cfg.rollout.n,
+             f"algorithm.gfpo_keep={a.gfpo_keep}: 0 (off) or 2..rollout.n ({cfg.rollout.n}) "
+             "completions kept per group")
+    budget = d.length_budget
+    if budget is not None:
+        _require(len(budget) == 2 and all(isinstance(b, int) for b in budget)
+                 and 1 <= budget[0] <= budget[1],
+                 f"data.length_budget={list(budget)}: expected [min, max] tokens, 1 <= min <= max")
+        try:
+            d.length_budget_template.format(prompt="", budget=0)
+            fills = "{budget}" in d.length_budget_template and "{prompt}" in \
+                d.length_budget_template
+        except (KeyError, IndexError, ValueError):
+            fills = False
+        _require(fills, f"data.length_budget_template={d.length_budget_template!r}: must "
+                 "contain {prompt} and {budget} and no other fields")
+    if ln.penalty in ("l1_exact", "l1_max"):
+        _require(budget is not None, f"length.penalty={ln.penalty} needs a budget in every "
+                 "prompt: set data.length_budget=[min,max]")
+    for key, value in (("length.shorter_better.alpha", ln.shorter_better.alpha),
+                       ("length.shorter_better.beta", ln.shorter_better.beta),
+                       ("length.l1.alpha", ln.l1.alpha)):
+        _require(value >= 0, f"{key}={value}: must be >= 0")
+    _require(0 <= ln.arora_zanette.alpha <= 1,
+             f"length.arora_zanette.alpha={ln.arora_zanette.alpha}: must be in [0, 1]")
+    _require(0 <= ln.l1.delta <= 1, f"length.l1.delta={ln.l1.delta}: must be in [0, 1]")
+    _require(ln.stop_penalty_coef is None or ln.stop_penalty_value is None,
+             "length.stop_penalty_coef and length.stop_penalty_value: set one, not both")
+    rounds = _rounds(ln)
+    if ln.schedule_mode == "adaptive":
+        start = d.max_response_length
+        _require(bool(rounds), "length.schedule_mode=adaptive needs length.rounds=[cap, ...] "
+                 f"(the caps after the starting max_len={start})")
+        _require(not ln.schedule, "length.schedule: not used with length.schedule_mode="
+                 "adaptive (the rounds are length.rounds); set one of them")
+        _require(all(b < c for b, c in zip(rounds, [start, *rounds], strict=False)),
+                 f"length.rounds={rounds}: each cap must be below the one before, starting "
+                 f"below max_len={start}")
+        _require(0 < ln.round_clip_threshold <= 1, f"length.round_clip_threshold="
+                 f"{ln.round_clip_threshold}: must be in (0, 1]")
+        _require(ln.round_min_steps >= 1,
+                 f"length.round_min_steps={ln.round_min_steps}: must be >= 1")
+    else:
+        _require(not rounds, f"length.rounds={rounds}: needs length.schedule_mode=adaptive")
 
 
 def val_cap(cfg: RunConfig) -> int:

@@ -140,13 +140,17 @@ class PromptSet:
     # lazily per step by :meth:`vision`, so pixels are not all held in memory).
     processor: Any = None
     base_dir: Path | None = None
+    # data.length_budget: the token budget each prompt's text asks for (L1), else None.
+    budgets: list[int] | None = None
 
     def _messages(self, index: int, data: DataConfig) -> list[dict[str, Any]]:
         from grpo_cli.data.vision import row_images, vision_messages
 
         row = self.rows[index]
-        return vision_messages(prompt_text(row, data, index),
-                               row_images(row, data.image_key, self.base_dir),
+        text = prompt_text(row, data, index)
+        if self.budgets is not None:
+            text = with_budget(text, self.budgets[index], data)
+        return vision_messages(text, row_images(row, data.image_key, self.base_dir),
                                data.min_pixels, data.max_pixels)
 
     def images(self, index: int, data: DataConfig) -> list[Any]:
@@ -181,14 +185,27 @@ def prompt_text(row: dict[str, Any], data: DataConfig, index: int) -> str:
         raise ConfigError(f"data.prompt_template: unknown field {e} (row {index})") from e
 
 
+def length_budget(seed: int, row: int, low: int, high: int) -> int:
+    """L1's per-prompt budget N, uniform in [low, high], a pure function of (seed, row index):
+    the same prompt asks for the same budget in every run with that seed, resumed or not."""
+    return int(np.random.default_rng([seed, row, 0x4C31]).integers(low, high + 1))
+
+
+def with_budget(text: str, budget: int, data: DataConfig) -> str:
+    """The prompt with L1's budget instruction: ``data.length_budget_template`` with
+    ``{prompt}`` (the templated prompt) and ``{budget}`` filled in."""
+    return data.length_budget_template.format(prompt=text, budget=budget)
+
+
 def build_prompts(rows: list[dict], data: DataConfig, tokenizer: Any, processor: Any = None,
-                  spec: str = "", key: str = "data.train_files") -> PromptSet:
+                  spec: str = "", key: str = "data.train_files", seed: int = 0) -> PromptSet:
     """Apply the template and the chat template; drop (and count) long prompts.
 
     With a VL ``processor`` the row's images go through qwen-vl-utils and the processor (image
     pads expanded, so lengths are real); a row whose images are unusable stops the run naming
     the row (0-based), or is skipped and counted with ``data.on_bad_row=skip``. ``spec`` is
-    the dataset as configured under ``key`` (relative image paths resolve next to it).
+    the dataset as configured under ``key`` (relative image paths resolve next to it). With
+    ``data.length_budget`` each prompt asks for a budget drawn from (``seed``, row index).
     """
     from grpo_cli.data.vision import BadImage, encode_prompt, row_images, vision_messages
 
@@ -200,8 +217,13 @@ def build_prompts(rows: list[dict], data: DataConfig, tokenizer: Any, processor:
     base_dir = dataset_dir(spec) if spec else None
     source = f"{key}={spec}" if spec else key
     kept_ids, kept_rows, kept_texts, dropped, bad = [], [], [], 0, 0
+    budgets: list[int] | None = [] if data.length_budget else None
     for i, row in enumerate(rows):
         text = prompt_text(row, data, i)
+        budget = 0
+        if budgets is not None:
+            budget = length_budget(seed, i, *data.length_budget)
+            text = with_budget(text, budget, data)
         if processor is not None:
             try:
                 messages = vision_messages(text, row_images(row, data.image_key, base_dir),
@@ -231,6 +253,8 @@ def build_prompts(rows: list[dict], data: DataConfig, tokenizer: Any, processor:
         kept_ids.append(ids)
         kept_rows.append(row)
         kept_texts.append(rendered)
+        if budgets is not None:
+            budgets.append(budget)
     if not kept_ids:
         if bad == len(rows):
             raise ConfigError(f"{source}: no row has usable images ({bad} skipped)")
@@ -238,7 +262,8 @@ def build_prompts(rows: list[dict], data: DataConfig, tokenizer: Any, processor:
             f"data.max_prompt_length={data.max_prompt_length}: every prompt is longer; "
             "raise it or shorten the prompts"
         )
-    return PromptSet(kept_ids, kept_rows, kept_texts, dropped, bad, processor, base_dir)
+    return PromptSet(kept_ids, kept_rows, kept_texts, dropped, bad, processor, base_dir,
+                     budgets)
 
 
 class PromptSampler:

@@ -124,7 +124,7 @@ def _no_data(ax: plt.Axes, why: str) -> None:
 def _draw_group(ax: plt.Axes, views: list[RunView], col: str, color, label: str | None,
                 w: int, linestyle: str = "-") -> bool:
     """One arm: raw + smoothed for a single run; mean over seeds with a min-max band."""
-    series = [v.table[col].dropna() for v in views]
+    series = [v.table[col].dropna() for v in views if col in v.table]  # arms may differ
     series = [s for s in series if len(s)]
     if not series:
         return False

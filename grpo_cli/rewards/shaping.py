@@ -2,8 +2,11 @@
 
 Formulas (LITERATURE.md): DAPO's soft overlong punishment (Yu et al. 2025), the cosine
 length-scaled reward (Yeo et al. 2025), Kimi k1.5's group length reward, a plain linear
-penalty, and staged caps (DeepScaleR grows them, ThinkPrune tightens them). Lengths are
-generated tokens (EOS included, no padding) as 1-D tensors [B]; results are float32 [B].
+penalty, and staged caps (DeepScaleR grows them, ThinkPrune tightens them). The
+group-relative rewards no framework offers: ShorterBetter (Yi et al. 2025), Arora & Zanette
+2025, L1/LCPO-Exact and -Max (Aggarwal & Welleck 2025); ProRL's stop-properly penalty; and
+ThinkPrune's adaptive rounds of shrinking caps (Hou et al. 2025). Lengths are generated
+tokens (EOS included, no padding) as 1-D tensors [B]; results are float32 [B].
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-SCHEDULE_MODES = ("step", "linear")
+SCHEDULE_MODES = ("step", "linear")  # cap_at_step; "adaptive" is adaptive_cap
 
 
 def _lengths(lengths: torch.Tensor) -> torch.Tensor:
@@ -164,3 +167,158 @@ def linear_ramp_cap(step: int, start_step: int, end_step: int, start_cap: int,
         return end_cap if step >= end_step else start_cap
     frac = min(max((step - start_step) / (end_step - start_step), 0.0), 1.0)
     return int(round(start_cap + frac * (end_cap - start_cap)))
+
+
+# --- group-relative length rewards, stop penalty and adaptive caps ------------------------
+
+
+def _group_rows(lengths: torch.Tensor, correct: torch.Tensor,
+                group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lengths and correctness [B] -> [g, G] float / bool (rows g*G .. g*G+G-1 a group)."""
+    x = _lengths(lengths)  # [B]
+    if group_size < 1 or x.numel() % group_size != 0:
+        raise ValueError(
+            f"batch of {x.numel()} lengths is not a whole number of groups of {group_size}"
+        )
+    if correct.shape != lengths.shape:
+        raise ValueError(f"correct has shape {tuple(correct.shape)}, lengths "
+                         f"{tuple(lengths.shape)}")
+    return x.reshape(-1, group_size), correct.bool().reshape(-1, group_size)
+
+
+def shorter_better_reward(
+    lengths: torch.Tensor,  # [B]
+    correct: torch.Tensor,  # [B] bool
+    group_size: int,
+    alpha: float = 1.0,
+    beta: float = 0.001,
+) -> torch.Tensor:  # [B]
+    """ShorterBetter (Yi et al. 2025, arXiv 2504.21370), the whole reward:
+
+        r_i = alpha * 1[correct_i] - beta * |len_i - SOL|
+
+    SOL, the sample optimal length, is per group: the length of the group's shortest correct
+    completion, or the group's mean length when none is correct. Every member, right or
+    wrong, is pulled towards SOL (a wrong answer shorter than SOL loses too). The paper
+    trains alpha = 1 and alpha = 2.
+    """
+    x, c = _group_rows(lengths, correct, group_size)  # [g, G] each
+    shortest = torch.where(c, x, torch.full_like(x, math.inf)).amin(dim=1, keepdim=True)
+    sol = torch.where(c.any(dim=1, keepdim=True), shortest, x.mean(dim=1, keepdim=True))
+    return (alpha * c.float() - beta * (x - sol).abs()).reshape(-1)  # [B]
+
+
+def arora_zanette_reward(
+    lengths: torch.Tensor,  # [B]
+    correct: torch.Tensor,  # [B] bool
+    group_size: int,
+    alpha: float = 0.1,
+) -> torch.Tensor:  # [B]
+    """Arora & Zanette 2025 ("Training language models to reason efficiently", arXiv
+    2502.04463), the whole reward:
+
+        r_i = 1[correct_i] * (1 - alpha * sigmoid((len_i - mean_c) / std_c))
+
+    mean_c and std_c are the mean and (population) standard deviation of the lengths of the
+    prompt's correct completions, so a correct answer shorter than its correct siblings earns
+    more than 1 - alpha/2 and a longer one less; wrong answers get 0. Where std_c = 0 (one
+    correct completion, or all of the same length) the normalised length is 0 and every
+    correct completion gets 1 - alpha/2. alpha in [0, 1) sets the trade-off.
+    """
+    x, c = _group_rows(lengths, correct, group_size)  # [g, G] each
+    cf = c.float()
+    n_c = cf.sum(dim=1, keepdim=True)  # [g, 1]
+    mean_c = (x * cf).sum(dim=1, keepdim=True) / n_c.clamp(min=1)  # [g, 1]
+    var_c = (((x - mean_c) * cf) ** 2).sum(dim=1, keepdim=True) / n_c.clamp(min=1)  # [g, 1]
+    std_c = var_c.sqrt()
+    z = torch.where(std_c > 0, (x - mean_c) / torch.where(std_c > 0, std_c, 1.0),
+                    torch.zeros_like(x))  # [g, G]
+    return (cf * (1.0 - alpha * torch.sigmoid(z))).reshape(-1)  # [B]
+
+
+def l1_exact_reward(
+    lengths: torch.Tensor,  # [B]
+    correct: torch.Tensor,  # [B] bool
+    budgets: torch.Tensor,  # [B] the length N each completion's prompt asked for
+    alpha: float = 0.0003,
+) -> torch.Tensor:  # [B]
+    """L1 / LCPO-Exact (Aggarwal & Welleck 2025, arXiv 2503.04697), the whole reward:
+
+        r_i = 1[correct_i] - alpha * |N_i - len_i|
+
+    N_i is the budget stated in the prompt ("Think for N tokens."); answers are pulled
+    towards it from both sides. The paper uses alpha = 0.0003 (budgets of thousands).
+    """
+    x = _lengths(lengths)  # [B]
+    n = _lengths(budgets)  # [B]
+    return correct.bool().float() - alpha * (n - x).abs()
+
+
+def l1_max_reward(
+    lengths: torch.Tensor,  # [B]
+    correct: torch.Tensor,  # [B] bool
+    budgets: torch.Tensor,  # [B]
+    alpha: float = 0.0003,
+    delta: float = 0.5,
+) -> torch.Tensor:  # [B]
+    """L1 / LCPO-Max (Aggarwal & Welleck 2025, arXiv 2503.04697), the whole reward:
+
+        r_i = 1[correct_i] * clip(alpha * (N_i - len_i) + delta, 0, 1)
+
+    N_i is the prompt's budget, used as a maximum: a correct answer at the budget earns
+    delta, one at least (1 - delta) / alpha tokens under it earns the full 1 (so answers under
+    budget are not pushed further down), one delta / alpha tokens over it earns 0; wrong
+    answers get 0. The paper uses alpha = 0.0003, delta = 0.5.
+    """
+    x = _lengths(lengths)  # [B]
+    n = _lengths(budgets)  # [B]
+    return correct.bool().float() * (alpha * (n - x) + delta).clamp(0.0, 1.0)
+
+
+def stop_properly_penalty(
+    rewards: torch.Tensor,  # [B]
+    truncated: torch.Tensor,  # [B] bool, stopped by the length cap
+    coef: float | None = None,
+    value: float | None = None,
+) -> torch.Tensor:  # [B]
+    """ProRL's stop-properly penalty (NeMo-RL ``stop_properly_penalty_coef``, OpenRLHF
+    ``length_penalty.py``): a completion the cap stopped gets
+
+        r_i * coef    (``coef``), or
+        value         (``value``, a fixed reward whatever the answer)
+
+    and every other completion keeps r_i. Exactly one of ``coef`` / ``value`` is given.
+    """
+    if (coef is None) == (value is None):
+        raise ValueError("length.stop_penalty_coef / length.stop_penalty_value: set exactly one")
+    r = rewards if rewards.is_floating_point() else rewards.float()  # [B], dtype kept
+    cut = truncated.bool()
+    new = r * coef if value is None else torch.full_like(r, float(value))
+    return torch.where(cut, new, r)
+
+
+def adaptive_cap(
+    clip_ratios: Sequence[float],  # clip ratio of each step run so far, step 0 first
+    start_cap: int,
+    rounds: Sequence[int],
+    threshold: float,
+    min_steps: int = 1,
+) -> int:
+    """ThinkPrune-style iterative caps (Hou et al. 2025, arXiv 2504.01296), adaptive: the cap
+    for the next step, given the clip ratio of every step run so far.
+
+    The run starts at ``start_cap`` (round 0); round k+1 (cap ``rounds[k]``) starts after a
+    step whose clip ratio was below ``threshold`` once the current round has run at least
+    ``min_steps`` steps, i.e. once the policy has adapted to the cap. After the last round
+    the cap stays. Replaying the history makes the decision a pure function of the run's own
+    metrics: a resumed run recomputes the same caps from metrics.jsonl.
+    """
+    if min_steps < 1:
+        raise ValueError(f"length.round_min_steps={min_steps}: must be >= 1")
+    caps = [int(start_cap), *(int(c) for c in rounds)]
+    current, steps_in_round = 0, 0
+    for clip in clip_ratios:
+        steps_in_round += 1
+        if current + 1 < len(caps) and steps_in_round >= min_steps and clip < threshold:
+            current, steps_in_round = current + 1, 0
+    return caps[current]

@@ -244,3 +244,43 @@ def _grouped_spearman(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.nd
     rx, cx = _grouped_ranks(x, groups)
     ry, cy = _grouped_ranks(y, groups)
     return _grouped_pearson(rx, ry, groups, cx | cy)
+
+
+def budget_metrics(lengths: np.ndarray, budgets: np.ndarray) -> dict[str, float]:
+    """L1 budget adherence of one step's batch: requested (N, the prompt's budget) vs
+    produced length, both [N].
+
+    ``budget/requested_mean`` (mean N), ``budget/abs_error_mean`` (mean |len - N|),
+    ``budget/over_frac`` (share with len > N) and ``budget/length_spearman`` (Spearman
+    correlation of N and len across the batch: > 0 when longer budgets get longer answers;
+    omitted when either is constant). An empty batch gives {}.
+    """
+    lengths = np.asarray(lengths, dtype=np.float64)
+    budgets = np.asarray(budgets, dtype=np.float64)
+    if lengths.shape != budgets.shape:
+        raise ValueError(f"budgets has shape {budgets.shape}, lengths {lengths.shape}")
+    if lengths.size == 0:
+        return {}
+    out = {"budget/requested_mean": float(budgets.mean()),
+           "budget/abs_error_mean": float(np.abs(lengths - budgets).mean()),
+           "budget/over_frac": float((lengths > budgets).mean())}
+    rho = _grouped_spearman(budgets, lengths, np.zeros(lengths.size, dtype=np.int64))
+    if rho.size and np.isfinite(rho[0]):
+        out["budget/length_spearman"] = float(rho[0])
+    return out
+
+
+def length_control_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+    """Metrics of the length controls that add rollout columns: L1's budget adherence
+    (``budget``, :func:`budget_metrics`) and GFPO's filter (``gfpo_kept``):
+    ``gfpo/kept_length_mean``, the mean length of the completions the update trains on, beside
+    ``length/mean`` over all G sampled."""
+    out: dict[str, float] = {}
+    if "budget" in cols:
+        out.update(budget_metrics(cols["response_length"], cols["budget"]))
+    if "gfpo_kept" in cols:
+        kept = np.asarray(cols["gfpo_kept"], dtype=bool)
+        if kept.any():
+            out["gfpo/kept_length_mean"] = float(
+                np.asarray(cols["response_length"], dtype=np.float64)[kept].mean())
+    return out

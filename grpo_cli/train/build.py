@@ -36,8 +36,10 @@ def load_val_prompts(cfg: RunConfig, tokenizer: Any, processor: Any,
         rows = load_rows(spec, cfg.data, seed=cfg.seed, key="data.val_files")
     k = max(d.world, cfg.val.num_prompts // d.world * d.world)
     val = build_prompts(rows[: k * 2], cfg.data, tokenizer, processor, spec,  # spare rows
-                        key="data.val_files" if cfg.data.val_files else "data.train_files")
+                        key="data.val_files" if cfg.data.val_files else "data.train_files",
+                        seed=cfg.seed)
     val.prompt_ids, val.rows, val.texts = val.prompt_ids[:k], val.rows[:k], val.texts[:k]
+    val.budgets = val.budgets[:k] if val.budgets is not None else None
     return val
 
 
@@ -62,7 +64,7 @@ def load_inputs(cfg: RunConfig, d: eng.Dist) -> Inputs:
         if image_token is not None else None
     reward_fn = load_reward_fn(cfg.reward.function, dict(cfg.reward.kwargs))
     prompts = build_prompts(load_rows(cfg.data.train_files, cfg.data, seed=cfg.seed), cfg.data,
-                            tokenizer, processor, cfg.data.train_files)
+                            tokenizer, processor, cfg.data.train_files, seed=cfg.seed)
     return Inputs(model_path, tokenizer, prompts, load_val_prompts(cfg, tokenizer, processor, d),
                   reward_fn, image_token)
 

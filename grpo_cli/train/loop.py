@@ -13,21 +13,21 @@ from __future__ import annotations
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from grpo_cli.algo.advantages import group_advantages, zero_std_group_fraction
+from grpo_cli.algo.advantages import gfpo_keep_mask, group_advantages, zero_std_group_fraction
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.config.validate import response_caps, val_cap
 from grpo_cli.data.datasets import PromptSampler
 from grpo_cli.errors import Terminated, TrainingDiverged
-from grpo_cli.rewards.shaping import cap_at_step
+from grpo_cli.rewards.shaping import adaptive_cap, cap_at_step
 from grpo_cli.telemetry.histograms import length_histograms, pop_histograms
-from grpo_cli.telemetry.length_metrics import step_length_metrics
+from grpo_cli.telemetry.length_metrics import length_control_metrics, step_length_metrics
 from grpo_cli.telemetry.run import RunHandle, open_run
 from grpo_cli.train import checkpoint as ckpt
 from grpo_cli.train import engine as eng
@@ -93,6 +93,8 @@ class Tally:
 
     bad_updates: int = 0  # skipped for non-finite gradients, this process's share of the run
     last_log_s: float = 0.0  # the sinks' write time of the previous step
+    # length/clip_ratio of every step so far (length.schedule_mode=adaptive decides from it)
+    clip_ratios: list[float] = field(default_factory=list)
 
 
 def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
@@ -105,17 +107,19 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
     x = Setup(cfg, d, run, inputs, build_models(cfg, inputs, d, run))
     run.note(torch_threads=torch.get_num_threads())  # what training runs with, engine started
     start = resume(x, sampler) if cfg.resume else 0
-    tally = Tally()
+    tally = Tally(clip_ratios=clip_history(x, start))
     for step in run.progress(range(start, t.steps)):
         val_metrics = probe(x, step)
         step_start = time.perf_counter()
-        cap = cap_at_step(_schedule(cfg), step, cfg.data.max_response_length,
-                          cfg.length.schedule_mode)
+        cap = step_cap(cfg, step, tally)
         rollouts, scored = sample_and_score(x, sampler.next(t.prompts_per_step), cap, step)
-        adv = advantages(scored.rewards, rollouts.truncated, cfg)
+        kept = gfpo_filter(rollouts, scored, cfg)
+        adv = advantages(scored.rewards, rollouts.truncated, cfg, kept)
         batch = make_batch([prompts.prompt_ids[i] for i in rollouts.prompt_ids],
                            rollouts.completions, adv, inputs.tokenizer.pad_token_id,
                            cfg.algorithm.mask_truncated, rollouts.vision, inputs.image_token_id)
+        if kept is not None:  # GFPO: only the kept completions enter the update
+            batch.loss_mask[~torch.as_tensor(kept)] = 0.0
         train_start = time.perf_counter()
         train_stats = update(x, batch, cap, tally)
         timings = {"perf/rollout_s": train_start - step_start,
@@ -129,6 +133,36 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
 
 def _schedule(cfg: RunConfig) -> list[tuple[Any, ...]] | None:
     return [tuple(s) for s in cfg.length.schedule] if cfg.length.schedule else None
+
+
+def step_cap(cfg: RunConfig, step: int, tally: Tally) -> int:
+    """The response cap of ``step``: the fixed cap, a step/linear schedule's, or (adaptive)
+    the ThinkPrune round the clip ratios of the steps so far have reached."""
+    ln = cfg.length
+    if ln.schedule_mode == "adaptive":
+        if len(tally.clip_ratios) != step:
+            raise RuntimeError(f"adaptive caps: {len(tally.clip_ratios)} clip ratios recorded "
+                               f"before step {step}")
+        return adaptive_cap(tally.clip_ratios, cfg.data.max_response_length, ln.rounds or [],
+                            ln.round_clip_threshold, ln.round_min_steps)
+    return cap_at_step(_schedule(cfg), step, cfg.data.max_response_length, ln.schedule_mode)
+
+
+def clip_history(x: Setup, start: int) -> list[float]:
+    """The clip ratio of each step before ``start``: none for a new run; on resume, from the
+    run's own metrics.jsonl (rewound to the checkpoint), so the adaptive caps replay exactly."""
+    if start == 0 or x.cfg.length.schedule_mode != "adaptive":
+        return []
+    from grpo_cli.telemetry.store import read_metrics
+
+    rows = read_metrics(x.run.run_dir) if x.d.is_main else None
+    rows = eng.all_gather_objects(rows, x.d.world)[0]
+    ratios = {m["step"]: float(m["length/clip_ratio"]) for m in rows
+              if m["step"] < start and "length/clip_ratio" in m}
+    if sorted(ratios) != list(range(start)):
+        raise RuntimeError(f"resume: metrics.jsonl lacks length/clip_ratio for some of steps "
+                           f"0-{start - 1}, which length.schedule_mode=adaptive replays")
+    return [ratios[s] for s in range(start)]
 
 
 def resume(x: Setup, sampler: PromptSampler) -> int:
@@ -165,11 +199,27 @@ def sample_and_score(x: Setup, global_ids: list[int], cap: int,
                            x.inputs.reward_fn)
 
 
-def advantages(rewards: np.ndarray, truncated: np.ndarray, cfg: RunConfig) -> torch.Tensor:
+def gfpo_filter(r: Rollouts, s: Scored, cfg: RunConfig) -> np.ndarray | None:
+    """GFPO's kept mask [N] (``algorithm.gfpo_keep`` per group), recorded as the rollout
+    column ``gfpo_kept``; None when GFPO is off."""
+    a = cfg.algorithm
+    if a.gfpo_keep <= 0:
+        return None
+    kept = gfpo_keep_mask(torch.as_tensor(r.lengths), torch.as_tensor(s.rewards),
+                          cfg.rollout.n, a.gfpo_keep, a.gfpo_metric).numpy()
+    s.columns["gfpo_kept"] = kept
+    return kept
+
+
+def advantages(rewards: np.ndarray, truncated: np.ndarray, cfg: RunConfig,
+               kept: np.ndarray | None = None) -> torch.Tensor:
     """Group-relative advantages [N] (a prompt's group lives on one rank); with
-    ``mask_truncated_in_adv`` the group statistics use only completions that finished."""
+    ``mask_truncated_in_adv`` the group statistics use only completions that finished, with
+    GFPO (``kept``) only the kept ones (the others get 0)."""
     a = cfg.algorithm
     valid = torch.as_tensor(~truncated) if a.mask_truncated_in_adv else None
+    if kept is not None:
+        valid = torch.as_tensor(kept) if valid is None else valid & torch.as_tensor(kept)
     return group_advantages(torch.tensor(rewards, dtype=torch.float32), cfg.rollout.n,
                             a.norm_adv_by_std, a.adv_eps, valid=valid)
 
@@ -209,12 +259,15 @@ def log_step(x: Setup, step: int, cap: int, r: Rollouts, s: Scored, adv: torch.T
         "correct": s.correct.astype(np.float32),
         "advantage": adv.numpy().astype(np.float32),
         **{k: v.astype(np.float32) for k, v in s.components.items()},
+        **s.columns,
         **tokens,
     }, x.d)
     group_ids = np.arange(len(cols["step"])) // cfg.rollout.n  # every rank's groups contiguous
     metrics = step_length_metrics(cols["response_length"], cols["truncated"], cols["reward"],
                                   group_ids, cols["correct"], cap)
     metrics.update({f"reward/{k}_mean": float(np.nanmean(cols[k])) for k in s.components})
+    metrics.update(length_control_metrics(cols))
+    tally.clip_ratios.append(metrics["length/clip_ratio"])
     metrics.update(train_stats)
     step_s = time.perf_counter() - step_start
     metrics.update({

@@ -6,7 +6,7 @@ prompt's group lives on one rank, so group statistics never cross ranks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,8 @@ class Scored:
     rewards: np.ndarray  # [N] final reward (task reward + length terms)
     correct: np.ndarray  # [N] float, NaN = unknown
     components: dict[str, np.ndarray]  # each [N]
+    # Other per-row rollout columns: ``budget`` (data.length_budget), ``gfpo_kept`` (GFPO).
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def sample(rollout: RolloutBackend, prompts: PromptSet, ids: list[int], cap: int, n: int,
@@ -73,16 +75,21 @@ def sample(rollout: RolloutBackend, prompts: PromptSet, ids: list[int], cap: int
 def score(r: Rollouts, prompts: PromptSet, cap: int, n: int, step: int, cfg: RunConfig,
           reward_fn: RewardFn) -> Scored:
     """The user's reward for every completion, then the configured length terms."""
+    budgets = (np.array([prompts.budgets[i] for i in r.prompt_ids], dtype=np.int64)
+               if prompts.budgets is not None else None)  # [N] L1's requested lengths
+    extra = [{"budget": int(b)} for b in budgets] if budgets is not None \
+        else [{}] * len(r.prompt_ids)
     scores = score_batch(reward_fn, [
         {**prompts.rows[i], "prompt": prompts.texts[i], "response": text,
          "response_length": int(length), "ground_truth": prompts.rows[i][cfg.data.answer_key],
-         "truncated": bool(truncated)}
-        for i, text, length, truncated in zip(r.prompt_ids, r.texts, r.lengths, r.truncated,
-                                              strict=True)
+         "truncated": bool(truncated), **more}
+        for i, text, length, truncated, more in zip(r.prompt_ids, r.texts, r.lengths,
+                                                    r.truncated, extra, strict=True)
     ])
     rewards, added = combine_rewards(scores, r.lengths, r.truncated, cap, n, step, cfg.reward,
-                                     cfg.length)
-    return Scored(rewards, scores.correct, {**scores.components, **added})
+                                     cfg.length, budgets)
+    columns = {"budget": budgets} if budgets is not None else {}
+    return Scored(rewards, scores.correct, {**scores.components, **added}, columns)
 
 
 def gather_columns(local: dict[str, np.ndarray], d: eng.Dist) -> dict[str, np.ndarray]:

@@ -4,7 +4,9 @@ Each test runs a shipped sweep file on Hydra's joblib launcher (two arms at a ti
 default 60 steps of 16 prompts x 8 samples; the cap sweep is crossed with two loss modes so
 one sweep serves two reproductions) and asserts the direction of the effect with a margin
 that held for seeds 0, 1 and 2. The numbers are in each test's docstring, measured with
-`grpo sweep sweeps/<file> seed=0,1,2` and `grpo report <sweep-id>`.
+`grpo sweep sweeps/<file> seed=0,1,2` and `grpo report <sweep-id>`. The length-control
+methods run sweeps/toy_length_methods.yaml as it is (40 steps, one arm after another, ~6
+minutes for its seed-0 arms), measured with docs/length_methods_table.py.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ class Arm:
 
 
 def run_sweep(tmp_path_factory: pytest.TempPathFactory, sweep_file: str,
-              *overrides: str) -> list[Arm]:
+              *overrides: str, timeout: float = 900) -> list[Arm]:
     """Run a shipped sweep file through the CLI; its arms in manifest order."""
     runs_dir = tmp_path_factory.mktemp("runs")
     res = run_grpo(runs_dir, "sweep", f"sweeps/{sweep_file}", "logger.progress=false",
-                   *overrides, timeout=900)
+                   *overrides, timeout=timeout)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     (manifest,) = (runs_dir / "sweeps").glob("*/manifest.json")
     arms = []
@@ -125,3 +127,89 @@ def test_per_sequence_normalisation_lets_wrong_answers_grow_longer(cap_by_loss_m
     unbiased = gap_growth(cap_by_loss_mode[(160, "seq-mean-token-sum-norm")])
     assert biased > 0
     assert biased >= unbiased + 0.5
+
+
+# --- group-relative length controls (sweeps/toy_length_methods.yaml) -------------------------
+
+# The methods with an effect that held for seeds 0, 1 and 2; L1-Exact (same story as L1-Max)
+# is left out to keep the sweep at ~8 minutes.
+LENGTH_METHODS = ("none", "shorter_better", "arora_zanette", "gfpo", "l1_max", "stop_penalty",
+                  "thinkprune")
+LATE = slice(-4, None)  # the last 10% of the 40 steps, as in the README table
+
+
+@pytest.fixture(scope="module")
+def length_methods(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+    """sweeps/toy_length_methods.yaml at seed 0, one arm after another: the metrics of each
+    method (the README table has seeds 0-2)."""
+    arms = run_sweep(tmp_path_factory, "toy_length_methods.yaml", "seed=0",
+                     f"length={','.join(LENGTH_METHODS)}", timeout=1800)
+    by_method = dict(zip(LENGTH_METHODS, arms, strict=True))
+    assert by_method["gfpo"].config["algorithm"]["gfpo_keep"] == 8
+    assert by_method["thinkprune"].config["length"]["schedule_mode"] == "adaptive"
+    return {k: a.metrics for k, a in by_method.items()}
+
+
+def natural(metrics: list[dict]) -> float:
+    """The natural length at the end: the last validation probe (cap 128)."""
+    return [m["val/length/mean"] for m in metrics if "val/length/mean" in m][-1]
+
+
+def val_accuracy(metrics: list[dict]) -> float:
+    """Accuracy of the last validation probe (cap 128)."""
+    return [m["val/accuracy"] for m in metrics if "val/accuracy" in m][-1]
+
+
+def test_length_methods_against_plain_grpo_at_cap_32(length_methods) -> None:
+    """Plain GRPO vs each method at cap 32, 40 steps; seeds 0/1/2, from
+    `grpo sweep sweeps/toy_length_methods.yaml` (README "Length controls on the toy").
+    Natural length (val/length/mean, last step): plain 30.6, 23.4, 27.3; ShorterBetter 48.5,
+    43.1, 49.2; Arora-Zanette 9.7, 18.8, 18.6; GFPO 44.0, 33.6, 42.0; L1-Max 6.5, 4.8, 5.0;
+    stop penalty 6.8-8.3; ThinkPrune 14.4, 19.6, 15.9. Clip ratio (last 4 steps): plain 0.48,
+    0.30, 0.32; ShorterBetter 0.61, 0.54, 0.66; Arora-Zanette 0.16, 0.20, 0.21; GFPO 0.59,
+    0.50, 0.53; stop penalty 0.01-0.02. Training accuracy (last 4 steps): plain 0.37, 0.45,
+    0.39; L1-Max 0.09, 0.13, 0.19; ThinkPrune 0.31, 0.28, 0.32. Validation accuracy (last
+    step): plain 0.47, 0.62, 0.55; L1-Max 0.02, 0.28, 0.11; stop penalty 0.31, 0.36, 0.20;
+    ThinkPrune 0.36, 0.48, 0.33. Length (last 4 steps): plain 22.4, 19.7, 17.3;
+    ShorterBetter 25.9, 25.6, 26.4; Arora-Zanette 11.8, 15.3, 13.8; GFPO 24.7, 23.7, 22.9;
+    L1-Max 4.8-6.1; stop penalty 7.7, 9.1, 6.7; ThinkPrune 10.2-10.8. The margins below held
+    for every seed."""
+    m = length_methods
+    base = m["none"]
+
+    def late(method: str, key: str) -> float:
+        return mean(m[method], key, LATE)
+
+    # ShorterBetter pulls wrong short answers up to SOL too: under truncation pressure it keeps
+    # answers longer than plain GRPO does (the opposite of its purpose on long-CoT models).
+    assert natural(m["shorter_better"]) >= natural(base) + 10
+    assert late("shorter_better", "length/mean") >= late("none", "length/mean") + 2
+    assert late("shorter_better", "length/clip_ratio") >= late("none", "length/clip_ratio") + 0.08
+    # Arora & Zanette: shorter, fewer truncations.
+    assert natural(m["arora_zanette"]) <= 0.9 * natural(base)
+    assert late("arora_zanette", "length/mean") <= 0.9 * late("none", "length/mean")
+    assert late("arora_zanette", "length/clip_ratio") <= late("none", "length/clip_ratio") - 0.05
+    # GFPO trains on the shorter half, which drops most truncated answers from the update:
+    # the natural length holds better than under plain GRPO.
+    assert natural(m["gfpo"]) >= natural(base) + 5
+    assert late("gfpo", "length/clip_ratio") >= late("none", "length/clip_ratio") + 0.05
+    assert late("gfpo", "length/mean") >= late("none", "length/mean") + 1
+    assert late("gfpo", "gfpo/kept_length_mean") < late("gfpo", "length/mean")
+    # L1-Max: the budget prompt costs the toy its accuracy and answers collapse to the shortest.
+    assert late("l1_max", "reward/accuracy_mean") <= late("none", "reward/accuracy_mean") - 0.15
+    assert val_accuracy(m["l1_max"]) <= val_accuracy(base) - 0.2
+    assert natural(m["l1_max"]) <= 10
+    assert late("l1_max", "length/mean") <= 0.5 * late("none", "length/mean")
+    assert late("l1_max", "length/clip_ratio") <= 0.05
+    # Stop penalty (-0.5 for a truncated answer): truncation disappears, the natural length
+    # collapses and held-out accuracy drops.
+    assert late("stop_penalty", "length/clip_ratio") <= 0.05
+    assert natural(m["stop_penalty"]) <= 0.5 * natural(base)
+    assert late("stop_penalty", "length/mean") <= 0.6 * late("none", "length/mean")
+    assert val_accuracy(m["stop_penalty"]) <= val_accuracy(base) - 0.1
+    # ThinkPrune: both rounds happen (32 -> 24 -> 16); shorter, at some accuracy.
+    assert m["thinkprune"][-1]["max_len"] == 16
+    assert late("thinkprune", "length/mean") <= 0.75 * late("none", "length/mean")
+    assert natural(m["thinkprune"]) <= 0.9 * natural(base)
+    assert late("thinkprune", "reward/accuracy_mean") <= late("none", "reward/accuracy_mean") - 0.03
+    assert val_accuracy(m["thinkprune"]) <= val_accuracy(base) - 0.05

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_cli.algo.advantages import group_advantages, zero_std_group_fraction
+from grpo_cli.algo.advantages import gfpo_keep_mask, group_advantages, zero_std_group_fraction
 
 
 def test_grpo_normalises_by_unbiased_std_per_group() -> None:
@@ -104,3 +104,44 @@ def test_zero_std_fraction() -> None:
     assert zero_std_group_fraction(r, 2) == pytest.approx(2 / 3)
     assert zero_std_group_fraction(torch.tensor([0.0, 1.0, 1.0, 0.0]), 2) == 0.0
     assert zero_std_group_fraction(torch.full((6,), 0.1), 3) == 1.0
+
+
+# --- GFPO (Shrivastava et al. 2025): filter the group, advantages over the kept subset --------
+
+
+def test_gfpo_keeps_the_k_shortest_per_group_ties_to_the_earlier_row() -> None:
+    lengths = torch.tensor([5, 3, 9, 3, 4, 4, 4, 1])
+    kept = gfpo_keep_mask(lengths, torch.zeros(8), group_size=4, keep=2)
+    # group 0: the two 3s (rows 1, 3); group 1: the 1 (row 7), then the first 4 (row 4)
+    assert kept.tolist() == [False, True, False, True, True, False, False, True]
+    assert gfpo_keep_mask(lengths, torch.zeros(8), 4, keep=4).all()
+
+
+def test_gfpo_reward_per_token_keeps_the_most_efficient() -> None:
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.5])
+    lengths = torch.tensor([10, 5, 2, 1])
+    # reward / length = 0.1, 0.2, 0.0, 0.5 -> the best two: rows 3 (0.5) and 1 (0.2)
+    kept = gfpo_keep_mask(lengths, rewards, 4, keep=2, metric="reward_per_token")
+    assert kept.tolist() == [False, True, False, True]
+
+
+def test_gfpo_advantages_are_over_the_kept_subset_and_zero_elsewhere() -> None:
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    kept = torch.tensor([True, True, False, False, True, False, True, False])
+    adv = group_advantages(rewards, 4, eps=0.0, valid=kept)
+    # group 0 kept (1, 0): mean 0.5, unbiased std sqrt(0.5) -> +-0.5/0.7071 = +-0.7071;
+    # the two dropped 1s get 0 (over all four the mean would be 0.75).
+    # group 1 kept (1, 0) likewise: rows 4, 6 -> +0.7071, -0.7071
+    h = 0.5 / 0.5**0.5
+    torch.testing.assert_close(adv, torch.tensor([h, -h, 0, 0, h, 0, -h, 0]))
+    same = group_advantages(rewards[:4], 4, valid=torch.tensor([True, False, True, True]))
+    assert same.tolist() == [0.0, 0.0, 0.0, 0.0]  # the kept rewards are all 1: no signal
+
+
+def test_gfpo_keep_mask_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="gfpo_keep=5"):
+        gfpo_keep_mask(torch.zeros(4), torch.zeros(4), 4, keep=5)
+    with pytest.raises(ValueError, match="gfpo_metric='tokens'"):
+        gfpo_keep_mask(torch.zeros(4), torch.zeros(4), 4, keep=2, metric="tokens")
+    with pytest.raises(ValueError, match="groups of 3"):
+        gfpo_keep_mask(torch.zeros(4), torch.zeros(4), 3, keep=2)

@@ -125,6 +125,31 @@ def test_prompts_must_split_across_ranks() -> None:
         (["length.penalty=exp"], "length.penalty=exp"),
         (["length.schedule_mode=cubic"], "length.schedule_mode=cubic"),
         (["trainer.val_every=5", "val.max_len=4000"], "val.max_len=4000"),
+        (["algorithm.gfpo_keep=9"], r"algorithm.gfpo_keep=9: 0 \(off\) or 2..rollout.n \(8\)"),
+        (["algorithm.gfpo_keep=1"], "algorithm.gfpo_keep=1"),
+        (["algorithm.gfpo_metric=tokens"], "algorithm.gfpo_metric=tokens: allowed values"),
+        (["length.penalty=l1_exact"], "length.penalty=l1_exact needs a budget.*"
+                                      "data.length_budget"),
+        (["data.length_budget=[0,5]"], r"data.length_budget=\[0, 5\]: expected \[min, max\]"),
+        (["data.length_budget=[10,5]"], r"data.length_budget=\[10, 5\]"),
+        (["data.length_budget=[4,8]", "data.length_budget_template='N={budget}'"],
+         "data.length_budget_template='N={budget}': must contain {prompt} and {budget}"),
+        (["data.length_budget=[4,8]", "data.length_budget_template='{prompt} {x} {budget}'"],
+         "data.length_budget_template"),
+        (["length.stop_penalty_coef=0.5", "length.stop_penalty_value=0"],
+         "length.stop_penalty_coef and length.stop_penalty_value: set one, not both"),
+        (["length.schedule_mode=adaptive"], "length.schedule_mode=adaptive needs length.rounds"),
+        (["length.rounds=[24]"], r"length.rounds=\[24\]: needs length.schedule_mode=adaptive"),
+        (["length=thinkprune", "max_len=16"], r"length.rounds=\[24, 16\]: each cap must be "
+                                              "below the one before, starting below max_len=16"),
+        (["length=thinkprune", "length.rounds=[24,28]"], "each cap must be below"),
+        (["length=thinkprune", "length.schedule=[[0,32]]"], "length.schedule: not used with"),
+        (["length=thinkprune", "length.round_clip_threshold=0"], "length.round_clip_threshold"),
+        (["length=thinkprune", "length.round_min_steps=0"], "length.round_min_steps=0"),
+        (["length=thinkprune", "length.rounds=[24,0]"], "length.rounds"),
+        (["length.arora_zanette.alpha=2"], "length.arora_zanette.alpha=2.0: must be in"),
+        (["length.shorter_better.beta=-1"], "length.shorter_better.beta=-1.0: must be >= 0"),
+        (["length.l1.delta=2"], "length.l1.delta=2.0"),
     ],
 )
 def test_bad_length_controls(args: list[str], pattern: str) -> None:
@@ -139,8 +164,25 @@ def test_bad_length_controls(args: list[str], pattern: str) -> None:
         (["max_len=160"], 512 - 64),  # 4x would not fit the toy's 512-token context
         (["max_len=32", "length.schedule=[[0,32],[10,64]]"], 256),  # the largest stage counts
         (["max_len=160", "val.max_len=200"], 200),  # an explicit cap wins
+        (["max_len=40", "length=thinkprune"], 160),  # adaptive rounds lie below max_len
     ],
 )
 def test_validation_probe_cap(args: list[str], expected: int) -> None:
     cfg, _ = load_run_config(["trainer.val_every=5", *args])
     assert val_cap(cfg) == expected
+
+
+def test_length_method_options_set_what_their_papers_need() -> None:
+    cfg, _ = load_run_config(["length=gfpo"])
+    assert (cfg.rollout.n, cfg.algorithm.gfpo_keep, cfg.algorithm.gfpo_metric) == \
+        (16, 8, "length")
+    cfg, _ = load_run_config(["length=l1_max", "data.length_budget=[4,12]", "max_len=24"])
+    assert cfg.length.penalty == "l1_max" and cfg.data.length_budget == [4, 12]
+    assert cfg.data.max_response_length == 24
+    cfg, _ = load_run_config(["length=thinkprune"])
+    assert cfg.length.schedule_mode == "adaptive" and cfg.length.rounds == [24, 16]
+    # the group-option files open with the command that uses them
+    for name in ("shorter_better", "arora_zanette", "l1_exact", "l1_max", "gfpo",
+                 "stop_penalty", "thinkprune"):
+        head = (CONF / "length" / f"{name}.yaml").read_text().splitlines()[:2]
+        assert f"# grpo run length={name}" in head, name

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from grpo_cli.config.schema import DataConfig
-from grpo_cli.data.datasets import PromptSampler, build_prompts, load_rows
+from grpo_cli.data.datasets import PromptSampler, build_prompts, length_budget, load_rows
 from grpo_cli.errors import ConfigError
 from grpo_cli.models.load import load_tokenizer
 from grpo_cli.models.toy import TOY_MODEL_DIR
@@ -78,3 +78,30 @@ def test_sampler_covers_each_epoch_and_resumes_exactly() -> None:
     s2 = PromptSampler(10, seed=1)
     s2.load_state_dict(state)
     assert s2.next(12) == rest
+
+
+def test_length_budgets_are_drawn_per_prompt_and_written_into_it(tokenizer) -> None:
+    rows = [{"problem": f"{i}+1", "answer": str(i + 1)} for i in range(1, 9)]
+    data = DataConfig(length_budget=[8, 32])
+    prompts = build_prompts(rows, data, tokenizer, seed=3)
+    assert prompts.budgets == [length_budget(3, i, 8, 32) for i in range(8)]
+    assert all(8 <= b <= 32 for b in prompts.budgets)
+    assert len(set(prompts.budgets)) > 1  # drawn per prompt, not one for all
+    for row, text, b in zip(rows, prompts.texts, prompts.budgets, strict=True):
+        assert text == f"{row['problem']} Think for {b} tokens.\n"  # the toy's chat template
+    again = build_prompts(rows, data, tokenizer, seed=3)
+    assert again.budgets == prompts.budgets and again.texts == prompts.texts
+    other = build_prompts(rows, data, tokenizer, seed=4)
+    assert other.budgets != prompts.budgets
+    prefix = build_prompts(rows[:1], DataConfig(length_budget=[5, 5], length_budget_template=
+                                                "Think for {budget} tokens.\n{prompt}"),
+                           tokenizer)
+    assert prefix.texts == ["Think for 5 tokens.\n1+1\n"] and prefix.budgets == [5]
+    assert build_prompts(rows, DataConfig(), tokenizer).budgets is None
+
+
+def test_length_budget_depends_only_on_seed_and_row() -> None:
+    draws = [length_budget(0, i, 1, 4) for i in range(200)]
+    assert set(draws) == {1, 2, 3, 4}  # both ends reachable
+    assert draws == [length_budget(0, i, 1, 4) for i in range(200)]
+    assert length_budget(7, 5, 10, 10) == 10

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from grpo_cli.telemetry.length_metrics import length_histogram, step_length_metrics
+from grpo_cli.telemetry.length_metrics import (
+    budget_metrics,
+    length_control_metrics,
+    length_histogram,
+    step_length_metrics,
+)
 
 ALWAYS = {"max_len", "length/mean", "length/std", "length/min", "length/max", "length/p10",
           "length/p50", "length/p90", "length/p99", "length/clip_ratio", "reward/mean",
@@ -159,3 +164,25 @@ def test_histogram_has_fixed_edges_and_keeps_overflow() -> None:
     assert np.array_equal(edges, same_edges)  # independent of the data
     with pytest.raises(ValueError):
         length_histogram(np.array([1]), max_len=0)
+
+
+def test_budget_adherence_metrics() -> None:
+    m = budget_metrics(np.array([10, 20, 30, 5]), np.array([8, 16, 24, 32]))
+    # mean N 20; |len - N| = 2, 4, 6, 27 -> 9.75; over budget: 3 of 4
+    assert m["budget/requested_mean"] == 20.0
+    assert m["budget/abs_error_mean"] == pytest.approx(9.75)
+    assert m["budget/over_frac"] == 0.75
+    # ranks N 1 2 3 4, len 2 3 4 1: Pearson of ranks = -1 / 5
+    assert m["budget/length_spearman"] == pytest.approx(-0.2)
+    assert m["budget/length_spearman"] == pytest.approx(
+        stats.spearmanr([8, 16, 24, 32], [10, 20, 30, 5]).statistic)
+    same = budget_metrics(np.array([3, 4]), np.array([8, 8]))
+    assert "budget/length_spearman" not in same and same["budget/over_frac"] == 0.0
+    assert budget_metrics(np.zeros(0), np.zeros(0)) == {}
+
+
+def test_length_control_metrics_only_for_present_columns() -> None:
+    cols = {"response_length": np.array([4, 8, 12, 16]),
+            "gfpo_kept": np.array([True, False, True, False])}
+    assert length_control_metrics(cols) == {"gfpo/kept_length_mean": 8.0}
+    assert length_control_metrics({"response_length": np.array([1])}) == {}

@@ -8,12 +8,18 @@ import pytest
 import torch
 
 from grpo_cli.rewards.shaping import (
+    adaptive_cap,
+    arora_zanette_reward,
     cap_at_step,
     cosine_length_reward,
     kimi_length_reward,
+    l1_exact_reward,
+    l1_max_reward,
     linear_length_penalty,
     linear_ramp_cap,
     overlong_penalty,
+    shorter_better_reward,
+    stop_properly_penalty,
 )
 
 # --- DAPO soft overlong punishment ----------------------------------------------------------
@@ -216,3 +222,119 @@ def test_kimi_reward_for_lengths_one_token_apart() -> None:
     """A span of exactly one token is a spread like any other: +0.5 for the shorter."""
     got = kimi_length_reward(torch.tensor([4, 5]), torch.tensor([1, 1]), 2)
     assert got.tolist() == [0.5, -0.5]
+
+
+# --- ShorterBetter (Yi et al. 2025) -----------------------------------------------------------
+
+T, F = True, False
+
+
+def test_shorter_better_sol_is_the_shortest_correct_length() -> None:
+    lengths = torch.tensor([10, 20, 6, 30, 8, 12, 16, 4])
+    correct = torch.tensor([F, T, F, T, F, F, F, F])
+    out = shorter_better_reward(lengths, correct, group_size=4, alpha=1.0, beta=0.1)
+    # group 0: SOL = 20 (the only shorter length, 6, is wrong):
+    #   10 wrong: 0 - 0.1*10 = -1.0; 20 right: 1 - 0 = 1.0; 6 wrong: -0.1*14 = -1.4;
+    #   30 right: 1 - 0.1*10 = 0.0
+    # group 1: nobody right -> SOL = mean(8, 12, 16, 4) = 10: -0.1 * |8-10|, |12-10|, ...
+    #   = -0.2, -0.2, -0.6, -0.6
+    torch.testing.assert_close(out, torch.tensor([-1.0, 1.0, -1.4, 0.0,
+                                                  -0.2, -0.2, -0.6, -0.6]))
+
+
+def test_shorter_better_alpha_scales_correctness_only() -> None:
+    out = shorter_better_reward(torch.tensor([5, 9]), torch.tensor([T, T]), 2, alpha=2.0,
+                                beta=0.25)
+    # SOL = 5: 2*1 - 0 = 2.0; 2*1 - 0.25*4 = 1.0
+    torch.testing.assert_close(out, torch.tensor([2.0, 1.0]))
+    with pytest.raises(ValueError, match="groups of 3"):
+        shorter_better_reward(torch.zeros(4), torch.zeros(4, dtype=torch.bool), 3)
+    assert shorter_better_reward(torch.zeros(0), torch.zeros(0, dtype=torch.bool), 4).shape \
+        == (0,)
+
+
+# --- Arora & Zanette 2025 ---------------------------------------------------------------------
+
+
+def test_arora_zanette_normalises_by_the_correct_samples() -> None:
+    lengths = torch.tensor([10, 30, 99, 7, 9, 5, 6, 8, 8])
+    correct = torch.tensor([T, T, F, T, F, F, F, T, T])
+    # rows 0-2: one group of 3; rows 3-8: three groups of 2
+    out = arora_zanette_reward(lengths[:3], correct[:3], 3, alpha=0.5)
+    # correct lengths 10, 30: mean 20, population std 10 -> z = -1, +1;
+    # sigmoid(-1) = 0.2689414, sigmoid(1) = 0.7310586; r = 1 - 0.5 * sigmoid(z); wrong: 0
+    torch.testing.assert_close(out, torch.tensor([1 - 0.5 * 0.2689414, 1 - 0.5 * 0.7310586,
+                                                  0.0]))
+    pairs = arora_zanette_reward(lengths[3:], correct[3:], 2, alpha=0.5)
+    # (7 right, 9 wrong): one correct -> std 0 -> z = 0 -> 1 - 0.5 * 0.5 = 0.75, wrong 0;
+    # (5, 6) both wrong -> 0, 0; (8, 8) both right, equal -> z = 0 -> 0.75, 0.75
+    torch.testing.assert_close(pairs, torch.tensor([0.75, 0.0, 0.0, 0.0, 0.75, 0.75]))
+
+
+def test_arora_zanette_three_correct_and_alpha_zero() -> None:
+    lengths = torch.tensor([10, 20, 30, 40])
+    correct = torch.tensor([T, T, T, F])
+    out = arora_zanette_reward(lengths, correct, 4, alpha=0.2)
+    # mean_c 20, population std sqrt((100 + 0 + 100) / 3) = 8.164966 -> z = -1.224745, 0,
+    # +1.224745; sigmoid: 0.2271, 0.5, 0.7729 -> 1 - 0.2 * that = 0.95458, 0.9, 0.84542
+    torch.testing.assert_close(out, torch.tensor([0.954580, 0.9, 0.845420, 0.0]), atol=1e-5,
+                               rtol=0)
+    plain = arora_zanette_reward(lengths, correct, 4, alpha=0.0)
+    torch.testing.assert_close(plain, torch.tensor([1.0, 1.0, 1.0, 0.0]))
+
+
+# --- L1 / LCPO (Aggarwal & Welleck 2025) ------------------------------------------------------
+
+
+def test_l1_exact_pulls_both_ways_towards_the_budget() -> None:
+    out = l1_exact_reward(torch.tensor([10, 20, 30, 5]), torch.tensor([T, T, F, T]),
+                          torch.tensor([20, 20, 20, 40]), alpha=0.01)
+    # 1 - 0.01*10 = 0.9; 1 - 0 = 1.0; 0 - 0.01*10 = -0.1; 1 - 0.01*35 = 0.65
+    torch.testing.assert_close(out, torch.tensor([0.9, 1.0, -0.1, 0.65]))
+
+
+def test_l1_max_is_clipped_and_only_for_correct_answers() -> None:
+    lengths = torch.tensor([0, 10, 20, 25, 30, 40, 5])
+    correct = torch.tensor([T, T, T, T, T, T, F])
+    out = l1_max_reward(lengths, correct, torch.full((7,), 20), alpha=0.05, delta=0.5)
+    # 0.05 * (20 - len) + 0.5 = 1.5, 1.0, 0.5, 0.25, 0.0, -0.5 -> clip [0, 1]; wrong -> 0
+    torch.testing.assert_close(out, torch.tensor([1.0, 1.0, 0.5, 0.25, 0.0, 0.0, 0.0]))
+
+
+# --- ProRL stop-properly penalty --------------------------------------------------------------
+
+
+def test_stop_properly_penalty_coef_and_value() -> None:
+    rewards = torch.tensor([1.0, 0.0, 0.5, 1.0])
+    cut = torch.tensor([F, T, T, F])
+    torch.testing.assert_close(stop_properly_penalty(rewards, cut, coef=0.5),
+                               torch.tensor([1.0, 0.0, 0.25, 1.0]))
+    torch.testing.assert_close(stop_properly_penalty(rewards, cut, value=-0.5),
+                               torch.tensor([1.0, -0.5, -0.5, 1.0]))
+    r64 = stop_properly_penalty(rewards.double(), cut, coef=0.0)
+    assert r64.dtype == torch.float64 and r64.tolist() == [1.0, 0.0, 0.0, 1.0]
+    for kwargs in ({}, {"coef": 0.5, "value": 0.0}):
+        with pytest.raises(ValueError, match="set exactly one"):
+            stop_properly_penalty(rewards, cut, **kwargs)
+
+
+# --- ThinkPrune adaptive rounds -------------------------------------------------------------
+
+
+def test_adaptive_cap_advances_a_round_after_a_low_clip_ratio() -> None:
+    def cap(history: list[float]) -> int:
+        return adaptive_cap(history, 32, [24, 16], threshold=0.2, min_steps=2)
+
+    assert cap([]) == 32  # step 0: the starting cap
+    assert cap([0.1]) == 32  # low, but the round has run only 1 of its 2 steps
+    assert cap([0.1, 0.1]) == 24  # 2 steps, the last below 0.2 -> round 1 from step 2
+    assert cap([0.5, 0.3, 0.1]) == 24  # 0.3 is not low; the third step is
+    assert cap([0.5, 0.2]) == 32  # equal to the threshold is not below it
+    # round 1 starts after step 1; its first step (2) cannot end it; step 3 does -> 16
+    assert cap([0.5, 0.1, 0.1]) == 24
+    assert cap([0.5, 0.1, 0.1, 0.1]) == 16
+    assert cap([0.5, 0.1, 0.1, 0.1, 0.0, 0.0]) == 16  # after the last round the cap stays
+    assert adaptive_cap([0.0] * 5, 32, [], 0.2) == 32  # no rounds: the fixed cap
+    assert adaptive_cap([0.0], 32, [24, 16], 0.2, min_steps=1) == 24
+    with pytest.raises(ValueError, match="round_min_steps=0"):
+        adaptive_cap([], 32, [24], 0.2, min_steps=0)
