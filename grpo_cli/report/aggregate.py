@@ -141,8 +141,19 @@ def rollout_heatmap(r: Rollouts, caps: np.ndarray | None = None) -> Heatmap:
     changes the cap. Bins are whole tokens wide: bin k holds lengths k*w+1 .. (k+1)*w, drawn
     between k*w+0.5 and (k+1)*w+0.5, so a cap of C tokens is the top edge of C's bin.
     """
+    steps, inv, b, edges = length_bins(r, caps)
+    bins = len(edges) - 1
+    counts = np.bincount(inv * bins + b, minlength=steps.shape[0] * bins)
+    counts = counts.reshape(steps.shape[0], bins).T.astype(np.float64)
+    share = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
+    return Heatmap(steps, edges, share, "rollouts", 0.5)
+
+
+def length_bins(r: Rollouts, caps: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The heat maps' binning: (steps [S], each row's step index [N], each row's length bin
+    [N], bin edges [B+1]); whole-token bins up to the largest cap or length."""
     steps, inv = np.unique(r.step, return_inverse=True)
-    inv = inv.reshape(-1)
     top = float(r.length.max()) if len(r) else 1.0
     if caps is not None and np.isfinite(caps).any():
         top = max(top, float(np.nanmax(caps)))
@@ -150,11 +161,8 @@ def rollout_heatmap(r: Rollouts, caps: np.ndarray | None = None) -> Heatmap:
     width = max(1, math.ceil(top / MAX_HEATMAP_BINS))
     bins = math.ceil(top / width)
     b = np.clip((r.length.astype(np.int64) - 1) // width, 0, bins - 1)
-    counts = np.bincount(inv * bins + b, minlength=steps.shape[0] * bins)
-    counts = counts.reshape(steps.shape[0], bins).T.astype(np.float64)
-    share = counts / np.maximum(counts.sum(axis=0, keepdims=True), 1)
     edges = np.arange(bins + 1, dtype=np.float64) * width + 0.5
-    return Heatmap(steps, edges, share, "rollouts", 0.5)
+    return steps, inv.reshape(-1), b, edges
 
 
 def histogram_heatmap(h: Histograms) -> Heatmap:

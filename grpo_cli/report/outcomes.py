@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from grpo_cli.report.aggregate import MAX_HEATMAP_BINS, Heatmap, window
+from grpo_cli.report.aggregate import Heatmap, length_bins, window
 from grpo_cli.report.load import Rollouts
 
 LENGTH_BINS = 12  # accuracy-by-length bins: coarse enough for a few hundred rows per bin
@@ -114,20 +114,12 @@ def outcome_heatmaps(r: Rollouts, caps: np.ndarray | None = None
     of unknown correctness are in neither). Bins as :func:`aggregate.rollout_heatmap`."""
     if not len(r) or not np.isfinite(r.correct).any():
         return None
-    steps, inv = np.unique(r.step, return_inverse=True)
-    inv = inv.reshape(-1)
-    top = float(r.length.max())
-    if caps is not None and np.isfinite(caps).any():
-        top = max(top, float(np.nanmax(caps)))
-    top = max(top, 1.0)
-    width = max(1, math.ceil(top / MAX_HEATMAP_BINS))
-    bins = math.ceil(top / width)
-    b = np.clip((r.length.astype(np.int64) - 1) // width, 0, bins - 1)
+    steps, inv, b, edges = length_bins(r, caps)
+    bins = len(edges) - 1
     cell = inv * bins + b
     total = np.bincount(inv, minlength=steps.shape[0]).astype(np.float64)
     known = np.isfinite(r.correct)
     right = known & (r.correct >= 0.5)
-    edges = np.arange(bins + 1, dtype=np.float64) * width + 0.5
     out = []
     for m in (right, known & ~right):
         counts = np.bincount(cell[m], minlength=steps.shape[0] * bins)
