@@ -123,12 +123,13 @@ def run(
     from grpo_cli import launch
 
     if launch.needs_launch(run_cfg.trainer, os.environ):  # this process only starts the ranks
-        from grpo_cli.telemetry.store import new_run_id
+        from grpo_cli.telemetry.store import new_run_id, resolve_run_dir, runs_root
 
-        command = launch.launch_command(run_cfg.trainer, overrides,
-                                        run_cfg.resume or run_cfg.run_id or new_run_id())
+        run_id = run_cfg.resume or run_cfg.run_id or new_run_id()
+        command = launch.launch_command(run_cfg.trainer, overrides, run_id)
         typer.echo("launching: " + " ".join(command), err=True)
-        raise typer.Exit(launch.run_launcher(command))
+        raise typer.Exit(launch.start_ranks(
+            command, resolve_run_dir(runs_root(run_cfg.runs_dir), run_id)))
     from grpo_cli.train.loop import train
 
     experiment = parse_args(overrides).experiment

@@ -5,6 +5,12 @@ joining a c10d rendezvous at ``trainer.master_addr``) or under DeepSpeed's ``dee
 launcher (``trainer.hostfile``: one command on the head node starts every node over ssh).
 Each rank sees ``RANK`` in its environment, so it trains instead of launching again. No
 scheduling of our own: the launchers place the ranks, the DeepSpeed engine does the rest.
+torchrun runs through grpo_cli/elastic.py, which passes signals to the ranks and reports a
+failure in one line.
+
+The nodes of one run agree on its id: every node passes its own candidate ``run_id``, and the
+ranks take global rank 0's (telemetry/run.py); the rendezvous id, which must be equal before
+any rank exists, comes from a given ``run_id=``/``resume=``, else the scheduler's job id.
 """
 
 from __future__ import annotations
@@ -13,12 +19,17 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from grpo_cli.config.schema import TrainerConfig
 from grpo_cli.errors import ConfigError
 
 LAUNCHERS = ("torchrun", "deepspeed")
+# The scheduler's id of the job, the same on every node of it.
+SHUTDOWN_TIMEOUT_S = 60
+JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "FLUX_JOB_ID")
 
 
 def is_rank(env: Mapping[str, str]) -> bool:
@@ -37,6 +48,9 @@ def check(t: TrainerConfig) -> None:
                           f"{', '.join(LAUNCHERS)}")
     if t.gpus < 1 or t.nodes < 1:
         raise ConfigError(f"trainer.gpus={t.gpus}, trainer.nodes={t.nodes}: both must be >= 1")
+    if t.rdzv_timeout <= 0:
+        raise ConfigError(f"trainer.rdzv_timeout={t.rdzv_timeout}: seconds the nodes wait for "
+                          "each other; must be > 0")
     if not 0 < t.master_port < 65536:
         raise ConfigError(f"trainer.master_port={t.master_port}: must be a TCP port (1-65535)")
     if t.hostfile is not None:
@@ -54,43 +68,103 @@ def check(t: TrainerConfig) -> None:
                           "trainer.hostfile (the nodes to start)")
 
 
-def launch_command(t: TrainerConfig, args: Sequence[str], run_id: str) -> list[str]:
+def pinned_id(args: Sequence[str]) -> str | None:
+    """The run id the user gave (``run_id=`` or ``resume=``), if any."""
+    given = [a.split("=", 1)[1] for a in args if a.startswith(("run_id=", "resume="))]
+    return given[-1] if given else None
+
+
+def rendezvous_id(args: Sequence[str], env: Mapping[str, str]) -> str:
+    """The same string on every node of a run, known before any rank starts."""
+    if (given := pinned_id(args)) is not None:
+        return given
+    job = next((env[v] for v in JOB_ID_VARS if env.get(v)), None)
+    return f"job-{job}" if job else "grpo"  # one run per endpoint (master_addr:port) at once
+
+
+def launch_command(t: TrainerConfig, args: Sequence[str], run_id: str,
+                   env: Mapping[str, str] | None = None) -> list[str]:
     """The command that starts every rank of ``grpo run ARGS`` (one node's share for
     torchrun with several nodes: the same command runs on each node). ``run_id`` is fixed
-    here so that every node, and a relaunch after preemption, writes the same run."""
+    here (unless the user gave one) so that a relaunch after preemption writes the same run;
+    with several nodes it is this node's candidate, and global rank 0's wins."""
     check(t)
-    pinned = any(a.startswith(("run_id=", "resume=")) for a in args)
+    env = os.environ if env is None else env
+    pinned = pinned_id(args) is not None
     child = ["-m", "grpo_cli", "run", *args, *([] if pinned else [f"run_id={run_id}"])]
     if t.launcher == "deepspeed":  # the `deepspeed` script, from this interpreter's install
+        # --no_local_rank: the ranks read LOCAL_RANK from the environment; `grpo run`
+        # takes no --local_rank=N argument
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", f"--num_gpus={t.gpus}",
-               f"--master_port={t.master_port}"]
+               f"--master_port={t.master_port}", "--no_local_rank"]
         if t.hostfile is not None:
             cmd += [f"--hostfile={t.hostfile}", f"--num_nodes={t.nodes}"]
         if t.master_addr:
             cmd.append(f"--master_addr={t.master_addr}")
         # --module runs `python -u -m grpo_cli run ...` in every rank.
         return [*cmd, "--module", *child[1:]]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={t.gpus}"]
+    cmd = [sys.executable, "-m", "grpo_cli.elastic", f"--nproc_per_node={t.gpus}",
+           # after a rank fails, how long the others get to stop before SIGKILL
+           f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}"]
     if t.nodes == 1:
         cmd += ["--standalone"] if not t.master_addr else \
             [f"--master_addr={t.master_addr}", f"--master_port={t.master_port}"]
     else:  # every node runs this; the c10d rendezvous assigns node ranks
         cmd += [f"--nnodes={t.nodes}", "--rdzv_backend=c10d",
-                f"--rdzv_endpoint={t.master_addr}:{t.master_port}", f"--rdzv_id={run_id}"]
+                f"--rdzv_endpoint={t.master_addr}:{t.master_port}",
+                f"--rdzv_id={rendezvous_id(args, env)}",
+                f"--rdzv_conf=join_timeout={t.rdzv_timeout},read_timeout={t.rdzv_timeout}"]
     return [*cmd, *child]
 
 
 def run_launcher(cmd: list[str], env: Mapping[str, str] | None = None) -> int:
     """Run the launcher in the foreground; SIGTERM / Ctrl-C are passed on, so the ranks stop
-    the way a single process would (finish the step, checkpoint if asked, exit 143 / 130)."""
+    the way a single process would (finish the step, checkpoint if asked, exit 143 / 130).
+    SIGUSR2, the warning SLURM sends before a time limit or preemption when asked to
+    (submitit asks for it), is passed on as SIGTERM: the ranks save before the kill."""
     proc = subprocess.Popen(cmd, env=dict(env) if env is not None else None)
 
     def forward(signum: int, frame: object) -> None:
-        proc.send_signal(signum)
+        proc.send_signal(signal.SIGTERM if signum == signal.SIGUSR2 else signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT,
+                                                       signal.SIGUSR2)}
     try:
         return proc.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def start_ranks(cmd: list[str], run_dir: Path) -> int:
+    """Run the launcher; if the ranks failed (not stopped by a signal), make sure the run's
+    meta.json says ``failed`` with the launcher's one-line reason: a rank killed outright
+    (SIGKILL, the OOM killer) never wrote its status, and rank 0 may be that rank."""
+    from grpo_cli.elastic import FAILURE_FILE_ENV
+
+    with tempfile.TemporaryDirectory(prefix="grpo-launch-") as tmp:
+        failure = Path(tmp) / "failure.txt"
+        code = run_launcher(cmd, {**os.environ, FAILURE_FILE_ENV: str(failure)})
+        reason = failure.read_text().strip() if failure.is_file() else ""
+    if code not in (0, 130, 143):
+        record_failure(run_dir, reason or f"the ranks exited with code {code}")
+    return code
+
+
+def record_failure(run_dir: Path, reason: str) -> None:
+    """Mark a run that the ranks left ``running`` as ``failed``, keeping ``reason``. Nothing to
+    do where this node's candidate id is not the run's (another node's rank 0 won)."""
+    import json
+    import time
+
+    from grpo_cli.telemetry.store import atomic_write_text
+
+    meta_file = run_dir / "meta.json"
+    if not meta_file.is_file():
+        return
+    meta = json.loads(meta_file.read_text())
+    if meta.get("status") not in ("running", "failed") or meta.get("error"):
+        return
+    meta.update(status="failed", error=reason)
+    meta.setdefault("end_time", time.time())
+    atomic_write_text(meta_file, json.dumps(meta, indent=2) + "\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,7 @@ from grpo_cli.config.loader import (
 )
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.errors import Terminated
-from grpo_cli.launch import launch_command, needs_launch, run_launcher
+from grpo_cli.launch import launch_command, needs_launch, start_ranks
 from grpo_cli.telemetry.headline import final_means
 from grpo_cli.telemetry.store import atomic_write_text, read_metrics, runs_root
 
@@ -209,14 +210,22 @@ def _arm_task(cfg: DictConfig) -> str:
         else:
             train(run_cfg, OmegaConf.structured(run_cfg))
         record["status"] = "completed"
-    except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM ends the sweep, not the arm
+    except (KeyboardInterrupt, Terminated):  # Ctrl-C or SIGTERM: the arm saved its step
         record["status"] = "interrupted"
         atomic_write_text(status_file, json.dumps(record))
-        raise
+        if in_sweep_process():
+            raise  # the sweep itself was signalled: it ends here
+        return "interrupted"  # a launcher's job was (preempted): the other arms carry on
     except BaseException as e:  # one failing arm must not stop the others
         record.update(status="failed", error=f"{type(e).__name__}: {e}"[:2000])
     atomic_write_text(status_file, json.dumps(record))
     return str(record["status"])
+
+
+def in_sweep_process() -> bool:
+    """Whether this arm runs inside `grpo sweep` itself (the basic launcher), not in a job
+    process of its own (joblib, submitit)."""
+    return os.environ.get("GRPO_SWEEP_PID") == str(os.getpid())
 
 
 def node_rank() -> int:
@@ -238,10 +247,15 @@ def launch_arm(run_cfg: RunConfig, plain: DictConfig, arm_file: Path) -> None:
     """Run one arm as `grpo run config=ARM.yaml` under the launcher (every node does this;
     torchrun's rendezvous at the job's first node, filled in by the arm task, joins them)."""
     atomic_write_text(arm_file, OmegaConf.to_yaml(plain))
-    code = run_launcher(launch_command(run_cfg.trainer, [f"config={arm_file}"],
-                                       str(plain.run_id)))
+    run_dir = runs_root(run_cfg.runs_dir) / str(plain.run_id)
+    code = start_ranks(launch_command(run_cfg.trainer, [f"config={arm_file}"],
+                                      str(plain.run_id)), run_dir)
+    if code in (130, 143):  # a signal stopped the ranks after a step (and saved it)
+        raise Terminated(f"the ranks stopped on a signal (exit {code})")
     if code != 0:
-        raise RuntimeError(f"the ranks exited with code {code} (see the arm's log)")
+        meta = run_dir / "meta.json"
+        reason = json.loads(meta.read_text()).get("error") if meta.is_file() else None
+        raise RuntimeError(reason or f"the ranks exited with code {code} (see the arm's log)")
 
 
 def arm_threads(overrides: list[str], arms: int, cpus: int | None = None) -> int:
@@ -273,6 +287,7 @@ def launch(sweep: SweepPlan) -> None:
                 swept[key].append(value)
     sweep_args = [f"{k}={','.join(v)}" for k, v in swept.items()]
     os.environ["GRPO_SWEEP_DIR"] = str(sweep.sweep_dir)
+    os.environ["GRPO_SWEEP_PID"] = str(os.getpid())
     os.environ["GRPO_ARM_THREADS"] = str(arm_threads(parsed.overrides, len(sweep.arms)))
     task = hydra.main(config_path=str(conf_dir()), config_name="config",
                       version_base="1.3")(_arm_task)
@@ -345,17 +360,24 @@ def run_sweep(args: list[str], dry_run: bool = False, resume: str | None = None)
     try:
         launch(sweep)
     except BaseException as e:  # the manifest must not say "running" for a sweep that ended
-        summarize(sweep)
-        status = "interrupted" if isinstance(e, KeyboardInterrupt | Terminated) else "failed"
-        write_manifest(sweep, status=status, start_time=start, end_time=time.time(),
-                       error=f"{type(e).__name__}: {e}"[:2000])
+        rows = summarize(sweep)
+        stopped = isinstance(e, KeyboardInterrupt | Terminated) or any(
+            r["status"] == "interrupted" for r in rows)
+        write_manifest(sweep, status="interrupted" if stopped else "failed", start_time=start,
+                       end_time=time.time(), error=f"{type(e).__name__}: {e}"[:2000])
         raise
     rows = summarize(sweep)
     failed = [r for r in rows if r["status"] != "completed"]
-    write_manifest(sweep, status="failed" if failed else "completed", start_time=start,
-                   end_time=time.time())
+    interrupted = any(r["status"] == "interrupted" for r in rows)
+    status = "completed" if not failed else "interrupted" if interrupted else "failed"
+    write_manifest(sweep, status=status, start_time=start, end_time=time.time())
     print(f"sweep {sweep.sweep_id}: {len(rows) - len(failed)}/{len(rows)} arms completed")
     print(format_table(rows))
     for r in failed:
-        print(f"arm {r['arm']} {r['status']}: {r.get('error', '')}", file=sys.stderr)
+        why = r.get("error", "") if r["status"] != "interrupted" else \
+            "stopped by a signal after saving its last step"
+        print(f"arm {r['arm']} {r['status']}: {why}", file=sys.stderr)
+    if interrupted:
+        again = shlex.join(["grpo", "sweep", "--resume", sweep.sweep_id, *args])
+        print(f"continue with: {again}", file=sys.stderr)
     return 1 if failed else 0

@@ -52,10 +52,11 @@ def run_grpo(runs_dir: Path, *args: str, timeout: float = 600, env: dict[str, st
                           capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
-def start_grpo(runs_dir: Path, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
-    """`grpo ARGS...` in the background (to signal or kill it)."""
-    return subprocess.Popen(grpo_cmd(*args), cwd=REPO, env=cli_env(runs_dir), text=True,
-                            **kwargs)
+def start_grpo(runs_dir: Path, *args: str, env: dict[str, str] | None = None,
+               **kwargs: Any) -> subprocess.Popen[str]:
+    """`grpo ARGS...` in the background (to signal or kill it); ``env`` as for run_grpo."""
+    return subprocess.Popen(grpo_cmd(*args), cwd=REPO, env=cli_env(runs_dir) | (env or {}),
+                            text=True, **kwargs)
 
 
 def run_id_of(res: subprocess.CompletedProcess[str]) -> str:

@@ -197,6 +197,8 @@ class TrainerConfig:
     hostfile: str | None = None  # DeepSpeed hostfile ("host slots=N" lines): one command, all nodes
     master_addr: str | None = None  # rendezvous host for nodes > 1 without a hostfile
     master_port: int = 29500
+    # nodes > 1: seconds a node waits at the rendezvous for the others before failing
+    rdzv_timeout: int = 600
 
 
 @dataclass

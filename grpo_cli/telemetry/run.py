@@ -176,8 +176,9 @@ def open_run(cfg: RunConfig, resolved: DictConfig, d: Dist,
     """Create (or, with ``cfg.resume``, reopen) the run directory and sinks on rank 0; agree
     on the run id across ranks."""
     root = runs_root(cfg.runs_dir)
-    run_id = cfg.resume or cfg.run_id or all_gather_objects(
-        new_run_id() if d.is_main else None, d.world)[0]
+    # Global rank 0's id: the nodes of a multi-node run each bring their own candidate.
+    mine = (cfg.resume or cfg.run_id or new_run_id()) if d.is_main else None
+    run_id = all_gather_objects(mine, d.world)[0]
     run_dir = resolve_run_dir(root, run_id)
     if not d.is_main:
         return RunHandle(run_id, run_dir)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import yaml
 
 from grpo_cli.telemetry.store import read_metrics
-from tests.helpers import TINY, run_grpo
+from tests.helpers import TINY, run_grpo, start_grpo
 
 SHORT = [*TINY, "trainer.steps=2", "logger.wandb.mode=offline"]
 
@@ -152,18 +153,49 @@ def test_slurm_launcher_submits_one_multi_gpu_job_per_arm(runs_dir: Path, tmp_pa
     assert "srun" in script and "submitit.core._submit" in script
 
 
-def test_a_multi_rank_arm_starts_its_ranks_through_the_launcher(grpo, runs_dir: Path) -> None:
+def test_a_preempted_multi_rank_submitit_arm_is_resumed_by_sweep_resume(runs_dir: Path) -> None:
     """An arm with trainer.gpus=2 runs `grpo run config=<arm>.yaml` under torchrun (2 CPU
-    ranks here): the run has both ranks, belongs to the sweep, and the arm is recorded."""
-    res = grpo("sweep", "max_len=16", *SHORT, "logger.wandb.mode=disabled", "trainer.gpus=2")
-    assert res.returncode == 0, res.stderr[-3000:]
-    (arm,) = manifest(runs_dir)["arms"]
-    assert arm["status"] == "completed"
+    ranks) in a submitit_local job. SIGTERM to that job (what a cluster's preemption sends)
+    reaches the ranks: the step is saved, the arm is `interrupted` in the manifest, the sweep
+    says how to continue, and `grpo sweep --resume` finishes the arm in the same run."""
+    import signal
+    import time
+
+    common = [*TINY, "logger.wandb.mode=disabled", "trainer.gpus=2", "trainer.val_every=0",
+              "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]
+    proc = start_grpo(runs_dir, "sweep", "max_len=16", *common, "trainer.steps=500",
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      env={"OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while not list(runs_dir.glob("sweep-*-000/metrics.jsonl")) or \
+            not next(runs_dir.glob("sweep-*-000/metrics.jsonl")).read_text():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    job = subprocess.run(["pgrep", "-f", "submitit.local._local"], capture_output=True,
+                         text=True).stdout.split()
+    assert len(job) == 1, job
+    os.kill(int(job[0]), signal.SIGTERM)  # the job, not the sweep process
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    m = manifest(runs_dir)
+    (arm,) = m["arms"]
+    assert (m["status"], arm["status"]) == ("interrupted", "interrupted")
+    assert f"continue with: grpo sweep --resume {m['sweep_id']} max_len=16" in err
     run = runs_dir / arm["run_id"]
     meta = json.loads((run / "meta.json").read_text())
-    assert meta["world_size"] == 2 and meta["sweep_id"] == run.name.rsplit("-", 1)[0]
-    assert len(read_metrics(run)) == 2
-    arm_file = runs_dir / "sweeps" / meta["sweep_id"] / "arms" / "000.yaml"
+    assert (meta["status"], meta["world_size"]) == ("interrupted", 2)
+    assert meta["sweep_id"] == m["sweep_id"]
+    saved = meta["last_checkpoint_step"]
+    assert saved == len(read_metrics(run)) - 1 < 3  # the step it stopped at is saved
+
+    res = run_grpo(runs_dir, "sweep", "--resume", m["sweep_id"], "max_len=16", *common,
+                   "trainer.steps=4", env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert manifest(runs_dir)["arms"][0]["status"] == "completed"
+    meta = json.loads((run / "meta.json").read_text())
+    assert (meta["status"], meta["resumed_from_step"]) == ("completed", saved)
+    assert [m["step"] for m in read_metrics(run)] == [0, 1, 2, 3]
+    arm_file = runs_dir / "sweeps" / m["sweep_id"] / "arms" / "000.yaml"
     assert yaml.safe_load(arm_file.read_text())["data"]["max_response_length"] == 16
 
 

@@ -18,7 +18,7 @@ ARGS = ["config=conf/experiment/geo3k_qwen2_5_vl_7b.yaml", "max_len=1024"]
 
 
 def torchrun_args(cmd: list[str]):  # noqa: ANN201 - argparse.Namespace
-    assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    assert cmd[1:3] == ["-m", "grpo_cli.elastic"]  # torchrun's agent, through elastic.main
     return torchrun.get_args_parser().parse_args(cmd[3:])
 
 
@@ -31,11 +31,27 @@ def test_eight_gpus_on_one_node_with_torchrun() -> None:
 
 
 def test_two_nodes_with_torchrun_meet_at_a_c10d_rendezvous() -> None:
-    t = TrainerConfig(gpus=8, nodes=2, master_addr="node01", master_port=29600)
-    ns = torchrun_args(launch_command(t, ARGS, "r2"))
+    t = TrainerConfig(gpus=8, nodes=2, master_addr="node01", master_port=29600,
+                      rdzv_timeout=45)
+    ns = torchrun_args(launch_command(t, [*ARGS, "run_id=r2"], "unused", env={}))
     assert (ns.nnodes, ns.nproc_per_node) == ("2", "8")
     assert (ns.rdzv_backend, ns.rdzv_endpoint, ns.rdzv_id) == ("c10d", "node01:29600", "r2")
+    assert ns.rdzv_conf == "join_timeout=45,read_timeout=45"
     assert not ns.standalone
+
+
+@pytest.mark.parametrize(("args", "env", "rdzv_id"), [
+    ([], {"SLURM_JOB_ID": "4242"}, "job-4242"),  # the scheduler's id, equal on every node
+    (["run_id=a", "resume=b"], {"SLURM_JOB_ID": "4242"}, "b"),  # the user's id wins
+    ([], {}, "grpo"),  # nothing shared but the endpoint
+])
+def test_every_node_derives_the_same_rendezvous_id(args: list[str], env: dict[str, str],
+                                                   rdzv_id: str) -> None:
+    """Each node mints its own candidate run id; the rendezvous id must not depend on it."""
+    t = TrainerConfig(nodes=2, master_addr="node01")
+    ids = {torchrun_args(launch_command(t, args, candidate, env=env)).rdzv_id
+           for candidate in ("node0-candidate", "node1-candidate")}
+    assert ids == {rdzv_id}
 
 
 def test_two_nodes_from_a_hostfile_with_the_deepspeed_launcher(tmp_path: Path) -> None:
@@ -46,7 +62,7 @@ def test_two_nodes_from_a_hostfile_with_the_deepspeed_launcher(tmp_path: Path) -
     assert cmd[1:3] == ["-m", "deepspeed.launcher.runner"]
     ns = ds_runner.parse_args(cmd[3:])
     assert (ns.num_gpus, ns.num_nodes, ns.hostfile) == (8, 2, str(hostfile))
-    assert ns.module and ns.user_script == "grpo_cli"
+    assert ns.module and ns.user_script == "grpo_cli" and ns.no_local_rank
     assert ns.user_args == ["run", *ARGS, "run_id=r3"]
     assert ds_runner.fetch_hostfile(str(hostfile)) == {"node01": 8, "node02": 8}
 
@@ -72,6 +88,7 @@ def test_only_the_first_process_launches() -> None:
     (dict(launcher="mpirun"), "trainer.launcher=mpirun: allowed values are torchrun, deepspeed"),
     (dict(gpus=0), "must be >= 1"),
     (dict(master_port=70000), "trainer.master_port=70000"),
+    (dict(nodes=2, master_addr="n1", rdzv_timeout=0), "trainer.rdzv_timeout=0"),
 ])
 def test_launch_settings_are_checked_before_anything_starts(
         trainer: dict, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
