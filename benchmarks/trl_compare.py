@@ -11,12 +11,16 @@ token-level clipping 0.2 / 0.28, AdamW betas (0.9, 0.99), constant schedule, fp3
 optimiser step per rollout batch. W&B off on both sides; grpo-cli still writes its run store
 (that is part of what it does). Peak memory is each process's maximum resident set.
 
-Each run is a fresh process; the two sides alternate, `--repeats` times each. A step's time is
+grpo-cli runs twice: sampling with transformers `generate`, and with
+`rollout.drop_finished=true` (a sequence leaves the batch at its EOS). Each run is a fresh
+process; the three sides alternate, `--repeats` times each; a ratio is given as the median of
+the per-repeat ratios with their range. A step's time is
 the wall time between the ends of consecutive optimiser steps (generation, reward, forward,
 backward, optimiser, logging), so the first step (warm-up) is left out. Prints a Markdown table
 with medians and the ratio. TRL is only needed here: `pip install -e '.[bench]'`.
 
     .venv/bin/python benchmarks/trl_compare.py --steps 8 --repeats 3
+    .venv/bin/python benchmarks/trl_compare.py --steps 8 --repeats 3 --cap 128
     .venv/bin/python benchmarks/trl_compare.py --model smollm2 --steps 5 --repeats 2
 """
 
@@ -109,13 +113,23 @@ def child_trl(steps: int, seed: int, w: dict) -> dict:
     return {"ends": ends, "tokens": tokens, "max_rss_mib": max_rss_mib()}
 
 
-def measure(side: str, steps: int, seed: int, model: str) -> dict:
-    w = WORKLOADS[model]
-    if side == "ours":
-        raw = grpo_steps(ours(w) + [f"trainer.steps={steps}", f"seed={seed}"])
+# The sides compared, in the order each repeat runs them: (name, extra grpo run overrides);
+# None is TRL.
+SIDES: tuple[tuple[str, list[str] | None], ...] = (
+    ("grpo-cli, generate", []),
+    ("grpo-cli, rows leave at EOS", ["rollout.drop_finished=true"]),
+    ("TRL GRPOTrainer", None),
+)
+
+
+def measure(extra: list[str] | None, steps: int, seed: int, model: str, cap: int) -> dict:
+    w = {**WORKLOADS[model], "cap": cap}
+    if extra is not None:
+        raw = grpo_steps(ours(w) + extra + [f"trainer.steps={steps}", f"seed={seed}"])
     else:
         raw = run_child(Path(__file__), ["--child", "trl", "--steps", str(steps),
-                                         "--seed", str(seed), "--model", model])
+                                         "--seed", str(seed), "--model", model,
+                                         "--cap", str(cap)])
     return summary(raw, w["prompts"] * w["n"])
 
 
@@ -126,31 +140,40 @@ def main() -> None:
     ap.add_argument("--child", choices=["trl"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", choices=sorted(WORKLOADS), default="toy")
+    ap.add_argument("--cap", type=int, help="response cap (default: the workload's)")
     a = ap.parse_args()
+    cap = a.cap or WORKLOADS[a.model]["cap"]
     if a.child == "trl":
-        print(json.dumps(child_trl(a.steps, a.seed, WORKLOADS[a.model])))
+        print(json.dumps(child_trl(a.steps, a.seed, {**WORKLOADS[a.model], "cap": cap})))
         return
-    results: dict[str, list[dict]] = {"grpo-cli": [], "TRL GRPOTrainer": []}
-    for r in range(a.repeats):  # alternate, so drift on the machine hits both sides
-        for name, side in (("grpo-cli", "ours"), ("TRL GRPOTrainer", "trl")):
-            results[name].append(measure(side, a.steps, seed=r, model=a.model))
+    results: dict[str, list[dict]] = {name: [] for name, _ in SIDES}
+    for r in range(a.repeats):  # alternate, so drift on the machine hits every side
+        for name, extra in SIDES:
+            results[name].append(measure(extra, a.steps, seed=r, model=a.model, cap=cap))
             m = results[name][-1]
             print(f"# run {r} {name}: {m['step_s']:.2f} s/step, {m['tokens_per_s']:.0f} tok/s",
                   file=sys.stderr)
     import trl
 
-    print(f"\n### Training throughput vs TRL {trl.__version__}, {a.model} ({a.repeats} runs "
-          f"each, {a.steps - 1} timed steps per run, {os.cpu_count()} CPU cores)\n")
+    print(f"\n### Training throughput vs TRL {trl.__version__}, {a.model}, cap {cap} "
+          f"({a.repeats} runs each, {a.steps - 1} timed steps per run, {os.cpu_count()} CPU "
+          "cores)\n")
     print("| trainer | median s/step | completions/s | tokens/s | mean length | peak RSS MiB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    med = {}
     for name, runs in results.items():
-        med[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        m = med[name]
+        m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"| {name} | {m['step_s']:.2f} | {m['completions_per_s']:.1f} | "
               f"{m['tokens_per_s']:.0f} | {m['mean_length']:.1f} | {m['max_rss_mib']:.0f} |")
-    ratio = med["grpo-cli"]["completions_per_s"] / med["TRL GRPOTrainer"]["completions_per_s"]
-    print(f"\ngrpo-cli / TRL completions per second: {ratio:.2f}x")
+    trl_runs = results["TRL GRPOTrainer"]
+    print()
+    for name, runs in results.items():
+        if runs is trl_runs:
+            continue
+        # repeat r of each side ran back to back: their ratio is one paired measurement
+        ratios = [o["completions_per_s"] / t["completions_per_s"]
+                  for o, t in zip(runs, trl_runs, strict=True)]
+        print(f"- {name} / TRL completions per second: {statistics.median(ratios):.2f}x "
+              f"(repeats {min(ratios):.2f}-{max(ratios):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     micro_batch_size: int = 64  # sequences per generate call (hf backend)
+    # hf backend, text only: a sequence leaves the batch at its EOS instead of being computed
+    # as padding until the longest ends (rollout/decode.py); false: transformers generate
+    drop_finished: bool = False
     # vllm only. Its share of each GPU; on CPU a share of host RAM. null: 0.5 on GPUs; on CPU
     # a KV cache sized for the run's own sequences (see rollout/vllm.py: engine_settings).
     gpu_memory_utilization: float | None = None

@@ -19,6 +19,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from grpo_cli.data.vision import concat_vision
 from grpo_cli.errors import RolloutOutOfMemory
 from grpo_cli.rollout.base import Completion, RolloutRequest, RolloutResult
+from grpo_cli.rollout.decode import sample_dropping_finished
 
 # Yields the module to sample from (under ZeRO-3: inside GatheredParameters).
 ModelContext = Callable[[], AbstractContextManager[torch.nn.Module]]
@@ -63,12 +64,15 @@ class HFRollout:
         eos_token_ids: list[int],
         micro_batch_size: int = 64,
         image_token_id: int | None = None,
+        drop_finished: bool = False,
     ) -> None:
         self.model_context = model_context
         self.pad_token_id = pad_token_id
         self.eos_token_ids = list(eos_token_ids)
         self.micro_batch_size = micro_batch_size
         self.image_token_id = image_token_id  # VL models: marks image pads for 3-D positions
+        # text-only batches: rows leave the batch at their EOS (rollout/decode.py)
+        self.drop_finished = drop_finished
 
     def generate(self, request: RolloutRequest) -> RolloutResult:
         if request.multi_modal is not None and self.image_token_id is None:
@@ -113,13 +117,18 @@ class HFRollout:
         for i, s in enumerate(seqs):  # left padding
             input_ids[i, width - len(s):] = torch.tensor(s)
             attention[i, width - len(s):] = 1
-        recorder = _SampledLogprobRecorder()
-        processors = LogitsProcessorList()
+        warpers: list[LogitsProcessor] = []
         if request.temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(request.temperature))
+            warpers.append(TemperatureLogitsWarper(request.temperature))
         if request.top_p < 1.0:
-            processors.append(TopPLogitsWarper(request.top_p))
-        processors.append(recorder)
+            warpers.append(TopPLogitsWarper(request.top_p))
+        if self.drop_finished and vision is None:
+            tokens, logprobs = sample_dropping_finished(
+                model, input_ids.to(device), attention.to(device), warpers,
+                request.max_new_tokens, self.eos_token_ids, self.pad_token_id)
+            return tokens, logprobs
+        recorder = _SampledLogprobRecorder()
+        processors = LogitsProcessorList([*warpers, recorder])
         gen_config = GenerationConfig(
             do_sample=True,
             temperature=1.0,  # applied by our processors above

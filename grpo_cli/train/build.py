@@ -77,7 +77,7 @@ def make_rollout(cfg: RunConfig, policy: Any, inputs: Inputs, d: eng.Dist,
     if r.backend == "hf":
         return HFRollout(lambda: eng.gathered(policy, t.zero_stage),
                          inputs.tokenizer.pad_token_id, eos, micro_batch_size=r.micro_batch_size,
-                         image_token_id=inputs.image_token_id)
+                         image_token_id=inputs.image_token_id, drop_finished=r.drop_finished)
     from grpo_cli.rollout import vllm_platform
     from grpo_cli.rollout.vllm import VLLMRollout, engine_settings, kv_bytes_per_token
     from grpo_cli.train.weights import checkpoint_names, iter_full_params, weights_version

@@ -23,17 +23,23 @@ def model() -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(cfg).eval()
 
 
-def backend(model: Qwen2ForCausalLM, micro: int = 64) -> HFRollout:
-    return HFRollout(lambda: contextlib.nullcontext(model), PAD, [EOS], micro_batch_size=micro)
+def backend(model: Qwen2ForCausalLM, micro: int = 64, drop: bool = False,
+            eos: tuple[int, ...] = (EOS,)) -> HFRollout:
+    """``drop``: rows leave the batch at EOS (rollout/decode.py) instead of `generate`."""
+    return HFRollout(lambda: contextlib.nullcontext(model), PAD, list(eos),
+                     micro_batch_size=micro, drop_finished=drop)
 
 
 PROMPTS = [[5, 6, 7], [8, 9], [3, 4, 5, 6, 7, 8], [10]]
 
 
-def test_completions_are_grouped_and_finish_reasons_match_tokens(model: Qwen2ForCausalLM) -> None:
+@pytest.mark.parametrize("drop", [False, True])
+def test_completions_are_grouped_and_finish_reasons_match_tokens(model: Qwen2ForCausalLM,
+                                                                 drop: bool) -> None:
     torch.manual_seed(1)
     cap = 6
-    res = backend(model, micro=5).generate(RolloutRequest(PROMPTS, n=3, max_new_tokens=cap))
+    res = backend(model, micro=5, drop=drop).generate(
+        RolloutRequest(PROMPTS, n=3, max_new_tokens=cap))
     comps = res.completions
     expected = [(p, s) for p in range(4) for s in range(3)]
     assert [(c.prompt_index, c.sample) for c in comps] == expected
@@ -48,13 +54,15 @@ def test_completions_are_grouped_and_finish_reasons_match_tokens(model: Qwen2For
             assert c.token_ids[-1] == EOS and EOS not in c.token_ids[:-1]
 
 
+@pytest.mark.parametrize("drop", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampling_logprobs_match_a_teacher_forced_forward(
-    model: Qwen2ForCausalLM, temperature: float
+    model: Qwen2ForCausalLM, temperature: float, drop: bool
 ) -> None:
-    """Left padding and the recorder must give the same log-probs as an unpadded forward."""
+    """Left padding and the recorder (or the decode loop that drops ended rows, with its
+    positions and trimmed cache) give the same log-probs as an unpadded forward."""
     torch.manual_seed(2)
-    res = backend(model).generate(
+    res = backend(model, drop=drop).generate(
         RolloutRequest(PROMPTS, n=2, max_new_tokens=5, temperature=temperature)
     )
     for c in res.completions:
@@ -66,9 +74,11 @@ def test_sampling_logprobs_match_a_teacher_forced_forward(
         torch.testing.assert_close(torch.tensor(c.logprobs), expected[:, 0], atol=1e-4, rtol=0)
 
 
-def test_top_p_renormalises_over_the_kept_tokens(model: Qwen2ForCausalLM) -> None:
+@pytest.mark.parametrize("drop", [False, True])
+def test_top_p_renormalises_over_the_kept_tokens(model: Qwen2ForCausalLM, drop: bool) -> None:
     torch.manual_seed(3)
-    res = backend(model).generate(RolloutRequest(PROMPTS, n=4, max_new_tokens=4, top_p=0.5))
+    res = backend(model, drop=drop).generate(
+        RolloutRequest(PROMPTS, n=4, max_new_tokens=4, top_p=0.5))
     for c in res.completions:
         prompt = PROMPTS[c.prompt_index]
         with torch.no_grad():
@@ -76,6 +86,24 @@ def test_top_p_renormalises_over_the_kept_tokens(model: Qwen2ForCausalLM) -> Non
         full = torch.log_softmax(logits, -1).gather(1, torch.tensor(c.token_ids)[:, None])[:, 0]
         # Under top-p the kept set's mass is renormalised, so sampled tokens gain probability.
         assert torch.all(torch.tensor(c.logprobs) >= full - 1e-5)
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
+def test_the_decode_loop_draws_what_generate_draws_while_no_row_ends(
+        model: Qwen2ForCausalLM, temperature: float, top_p: float) -> None:
+    """With no EOS id nothing leaves the batch, so the loop consumes the random stream as
+    `generate` does: the same seed gives the same tokens and log-probs (prefill positions,
+    cache, warpers and the draw all agree)."""
+    request = RolloutRequest(PROMPTS, n=3, max_new_tokens=7, temperature=temperature,
+                             top_p=top_p)
+    got = {}
+    for drop in (False, True):
+        torch.manual_seed(4)
+        got[drop] = backend(model, drop=drop, eos=()).generate(request).completions
+    for a, b in zip(got[False], got[True], strict=True):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason == "length"
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs),
+                                   atol=1e-5, rtol=0)
 
 
 def test_eos_exactly_at_the_cap_is_not_truncation(model: Qwen2ForCausalLM) -> None:
