@@ -242,6 +242,27 @@ def test_one_step_equals_the_reference(runs_dir: Path, name: str) -> None:
         assert metrics["policy/clip_frac"] > 0
 
 
+def test_rows_leaving_at_eos_train_like_generate_rows(runs_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """rollout.drop_finished=true: the step samples with rollout/decode.py (a spy counts its
+    calls and passes them on to it) and the update on those rows equals the reference, with
+    the sampler's log-probs the trainer's (check_update) at a temperature below 1."""
+    from grpo_cli.rollout import hf
+
+    calls: list[int] = []
+    real = hf.sample_dropping_finished
+
+    def spy(model: Any, input_ids: torch.Tensor, *args: Any) -> Any:
+        calls.append(input_ids.shape[0])
+        return real(model, input_ids, *args)
+
+    monkeypatch.setattr(hf, "sample_dropping_finished", spy)
+    run_dir = run_step(runs_dir, ["rollout.temperature=0.7", "rollout.drop_finished=true"])
+    assert sum(calls) == PROMPTS * N  # every completion of the step came from the loop
+    derived = check_update(run_dir)
+    assert derived["truncated"].any() and not derived["truncated"].all()
+
+
 def test_the_batch_holds_eos_exactly_at_the_cap(runs_dir: Path) -> None:
     """The case `length >= cap` gets wrong: it must occur, and count as finished."""
     rows = rows_of(run_step(runs_dir, []))
