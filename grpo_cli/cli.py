@@ -38,6 +38,9 @@ Most used keys:
   algorithm.norm_adv_by_std, algorithm.kl_coef, algorithm.mask_truncated
   trainer.steps, trainer.prompts_per_step, trainer.lr, trainer.zero_stage, seed
   trainer.gpus, trainer.nodes          ranks per node and nodes; `grpo run` starts them
+  trainer.master_addr                  nodes > 1: the host where every node meets
+  trainer.rdzv_timeout                 nodes > 1: seconds a node waits for the others (600)
+  rollout.drop_finished                hf: a sequence leaves the batch at its EOS
   logger.wandb.mode                    offline (default) | online | disabled
 
 \b
