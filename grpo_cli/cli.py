@@ -131,8 +131,9 @@ def run(
         run_id = run_cfg.resume or run_cfg.run_id or new_run_id()
         command = launch.launch_command(run_cfg.trainer, overrides, run_id)
         typer.echo("launching: " + " ".join(command), err=True)
-        raise typer.Exit(launch.start_ranks(
-            command, resolve_run_dir(runs_root(run_cfg.runs_dir), run_id)))
+        code, _ = launch.start_ranks(command, resolve_run_dir(runs_root(run_cfg.runs_dir),
+                                                              run_id))
+        raise typer.Exit(code)  # the reason is printed by the launcher
     from grpo_cli.train.loop import train
 
     experiment = parse_args(overrides).experiment

@@ -24,13 +24,16 @@ from typing import Any
 
 FAILURE_FILE_ENV = "GRPO_FAILURE_FILE"
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
-# What a rank exits with after a signal asked it to stop (cli.py: 128 + SIGINT / SIGTERM).
-STOPPED_CODES = {130, 143, -signal.SIGINT, -signal.SIGTERM}
+# What a rank, and so the launcher, exits with after a signal asked it to stop and it did
+# (cli.py: 128 + SIGINT / SIGTERM).
+STOPPED_EXITS = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+# ... and how torchrun reports such a rank (also when the signal itself ended it).
+STOPPED_CODES = {*STOPPED_EXITS, -signal.SIGINT, -signal.SIGTERM}
 
 
-def child_pids(parent: int) -> list[int]:
-    """The processes ``parent`` started (torchrun's agent starts each rank as its child)."""
-    out = []
+def process_parents() -> dict[int, int]:
+    """{pid: parent pid} of every process, from /proc."""
+    out = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -39,9 +42,13 @@ def child_pids(parent: int) -> list[int]:
         except OSError:  # it exited meanwhile
             continue
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-            out.append(int(entry.name))
+        out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
     return out
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes ``parent`` started (torchrun's agent starts each rank as its child)."""
+    return [pid for pid, ppid in process_parents().items() if ppid == parent]
 
 
 class Forward:

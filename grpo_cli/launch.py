@@ -24,11 +24,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from grpo_cli.config.schema import TrainerConfig
+from grpo_cli.elastic import FAILURE_FILE_ENV, STOPPED_EXITS
 from grpo_cli.errors import ConfigError
 
 LAUNCHERS = ("torchrun", "deepspeed")
+SHUTDOWN_TIMEOUT_S = 60  # after a rank fails, how long the others get to stop before SIGKILL
 # The scheduler's id of the job, the same on every node of it.
-SHUTDOWN_TIMEOUT_S = 60
 JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "FLUX_JOB_ID")
 
 
@@ -104,7 +105,6 @@ def launch_command(t: TrainerConfig, args: Sequence[str], run_id: str,
         # --module runs `python -u -m grpo_cli run ...` in every rank.
         return [*cmd, "--module", *child[1:]]
     cmd = [sys.executable, "-m", "grpo_cli.elastic", f"--nproc_per_node={t.gpus}",
-           # after a rank fails, how long the others get to stop before SIGKILL
            f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}"]
     if t.nodes == 1:
         cmd += ["--standalone"] if not t.master_addr else \
@@ -136,35 +136,33 @@ def run_launcher(cmd: list[str], env: Mapping[str, str] | None = None) -> int:
             signal.signal(s, handler)
 
 
-def start_ranks(cmd: list[str], run_dir: Path) -> int:
-    """Run the launcher; if the ranks failed (not stopped by a signal), make sure the run's
-    meta.json says ``failed`` with the launcher's one-line reason: a rank killed outright
-    (SIGKILL, the OOM killer) never wrote its status, and rank 0 may be that rank."""
-    from grpo_cli.elastic import FAILURE_FILE_ENV
-
+def start_ranks(cmd: list[str], run_dir: Path) -> tuple[int, str]:
+    """Run the launcher; the exit code and, if the ranks failed (not stopped by a signal),
+    the launcher's one-line reason, which the run's meta.json then holds with status
+    ``failed``: a rank killed outright (SIGKILL, the OOM killer) never wrote its status, and
+    rank 0 may be that rank."""
     with tempfile.TemporaryDirectory(prefix="grpo-launch-") as tmp:
         failure = Path(tmp) / "failure.txt"
         code = run_launcher(cmd, {**os.environ, FAILURE_FILE_ENV: str(failure)})
         reason = failure.read_text().strip() if failure.is_file() else ""
-    if code not in (0, 130, 143):
-        record_failure(run_dir, reason or f"the ranks exited with code {code}")
-    return code
+    if code == 0 or code in STOPPED_EXITS:
+        return code, ""
+    reason = reason or f"the ranks exited with code {code}"
+    record_failure(run_dir, reason)
+    return code, reason
 
 
 def record_failure(run_dir: Path, reason: str) -> None:
     """Mark a run that the ranks left ``running`` as ``failed``, keeping ``reason``. Nothing to
     do where this node's candidate id is not the run's (another node's rank 0 won)."""
-    import json
     import time
 
-    from grpo_cli.telemetry.store import atomic_write_text
+    from grpo_cli.telemetry.store import RunStore
 
-    meta_file = run_dir / "meta.json"
-    if not meta_file.is_file():
+    if not (run_dir / "meta.json").is_file():
         return
-    meta = json.loads(meta_file.read_text())
+    store = RunStore(run_dir)
+    meta = store.read_meta()
     if meta.get("status") not in ("running", "failed") or meta.get("error"):
         return
-    meta.update(status="failed", error=reason)
-    meta.setdefault("end_time", time.time())
-    atomic_write_text(meta_file, json.dumps(meta, indent=2) + "\n")
+    store.update_meta(status="failed", error=reason, end_time=meta.get("end_time", time.time()))

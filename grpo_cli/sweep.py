@@ -31,10 +31,16 @@ from grpo_cli.config.loader import (
     to_run_config,
 )
 from grpo_cli.config.schema import RunConfig
+from grpo_cli.elastic import STOPPED_EXITS
 from grpo_cli.errors import Terminated
 from grpo_cli.launch import launch_command, needs_launch, start_ranks
 from grpo_cli.telemetry.headline import final_means
-from grpo_cli.telemetry.store import atomic_write_text, read_metrics, runs_root
+from grpo_cli.telemetry.store import (
+    atomic_write_text,
+    read_metrics,
+    resolve_run_dir,
+    runs_root,
+)
 
 SWEEP_FILE_KEYS = {"config", "params", "overrides", "launcher", "n_jobs"}
 # Launchers whose arms run as SLURM jobs: a multi-node arm meets at its job's first node.
@@ -247,15 +253,13 @@ def launch_arm(run_cfg: RunConfig, plain: DictConfig, arm_file: Path) -> None:
     """Run one arm as `grpo run config=ARM.yaml` under the launcher (every node does this;
     torchrun's rendezvous at the job's first node, filled in by the arm task, joins them)."""
     atomic_write_text(arm_file, OmegaConf.to_yaml(plain))
-    run_dir = runs_root(run_cfg.runs_dir) / str(plain.run_id)
-    code = start_ranks(launch_command(run_cfg.trainer, [f"config={arm_file}"],
-                                      str(plain.run_id)), run_dir)
-    if code in (130, 143):  # a signal stopped the ranks after a step (and saved it)
+    run_dir = resolve_run_dir(runs_root(run_cfg.runs_dir), str(plain.run_id))
+    code, reason = start_ranks(launch_command(run_cfg.trainer, [f"config={arm_file}"],
+                                              str(plain.run_id)), run_dir)
+    if code in STOPPED_EXITS:  # a signal stopped the ranks after a step (and saved it)
         raise Terminated(f"the ranks stopped on a signal (exit {code})")
     if code != 0:
-        meta = run_dir / "meta.json"
-        reason = json.loads(meta.read_text()).get("error") if meta.is_file() else None
-        raise RuntimeError(reason or f"the ranks exited with code {code} (see the arm's log)")
+        raise RuntimeError(reason)
 
 
 def arm_threads(overrides: list[str], arms: int, cpus: int | None = None) -> int:

@@ -83,6 +83,20 @@ def cosine_length_reward(
     return torch.where(truncated.bool(), torch.full_like(out, r_exceed), out)
 
 
+def _group_rows(lengths: torch.Tensor, correct: torch.Tensor,
+                group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lengths and correctness [B] -> [g, G] float / bool (rows g*G .. g*G+G-1 a group)."""
+    x = _lengths(lengths)  # [B]
+    if group_size < 1 or x.numel() % group_size != 0:
+        raise ValueError(
+            f"batch of {x.numel()} lengths is not a whole number of groups of {group_size}"
+        )
+    if correct.shape != lengths.shape:
+        raise ValueError(f"correct has shape {tuple(correct.shape)}, lengths "
+                         f"{tuple(lengths.shape)}")
+    return x.reshape(-1, group_size), correct.bool().reshape(-1, group_size)
+
+
 def kimi_length_reward(
     lengths: torch.Tensor,  # [B]
     correct: torch.Tensor,  # [B] bool
@@ -94,17 +108,13 @@ def kimi_length_reward(
     min(0, lambda_i) (a wrong answer is never rewarded for being short). All zero when every
     length in the group is equal. Rows are grouped as rows g*G .. g*G+G-1.
     """
-    if group_size < 1 or lengths.numel() % group_size != 0:
-        raise ValueError(
-            f"batch of {lengths.numel()} lengths is not a whole number of groups of {group_size}"
-        )
-    x = _lengths(lengths).reshape(-1, group_size)  # [g, G]
+    x, c = _group_rows(lengths, correct, group_size)  # [g, G] each
     lo = x.amin(dim=1, keepdim=True)  # [g, 1]
     hi = x.amax(dim=1, keepdim=True)  # [g, 1]
     span = hi - lo  # [g, 1]
     lam = 0.5 - (x - lo) / torch.where(span > 0, span, torch.ones_like(span))  # [g, G]
     lam = torch.where(span > 0, lam, torch.zeros_like(lam)).reshape(-1)  # [B]
-    return torch.where(correct.bool().reshape(-1), lam, lam.clamp(max=0.0))
+    return torch.where(c.reshape(-1), lam, lam.clamp(max=0.0))
 
 
 def linear_length_penalty(lengths: torch.Tensor, max_len: int) -> torch.Tensor:  # [B]
@@ -170,20 +180,6 @@ def linear_ramp_cap(step: int, start_step: int, end_step: int, start_cap: int,
 
 
 # --- group-relative length rewards, stop penalty and adaptive caps ------------------------
-
-
-def _group_rows(lengths: torch.Tensor, correct: torch.Tensor,
-                group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lengths and correctness [B] -> [g, G] float / bool (rows g*G .. g*G+G-1 a group)."""
-    x = _lengths(lengths)  # [B]
-    if group_size < 1 or x.numel() % group_size != 0:
-        raise ValueError(
-            f"batch of {x.numel()} lengths is not a whole number of groups of {group_size}"
-        )
-    if correct.shape != lengths.shape:
-        raise ValueError(f"correct has shape {tuple(correct.shape)}, lengths "
-                         f"{tuple(lengths.shape)}")
-    return x.reshape(-1, group_size), correct.bool().reshape(-1, group_size)
 
 
 def shorter_better_reward(

@@ -123,10 +123,9 @@ class HFRollout:
         if request.top_p < 1.0:
             warpers.append(TopPLogitsWarper(request.top_p))
         if self.drop_finished and vision is None:
-            tokens, logprobs = sample_dropping_finished(
+            return sample_dropping_finished(
                 model, input_ids.to(device), attention.to(device), warpers,
                 request.max_new_tokens, self.eos_token_ids, self.pad_token_id)
-            return tokens, logprobs
         recorder = _SampledLogprobRecorder()
         processors = LogitsProcessorList([*warpers, recorder])
         gen_config = GenerationConfig(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from grpo_cli.elastic import process_parents
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
 from grpo_cli.train.engine import free_port
 from tests.helpers import TINY, run_grpo, start_grpo
@@ -152,15 +153,8 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_and_resumes(
 
 
 def descendants(root: int) -> list[int]:
-    """Every process under ``root`` (the agent, the ranks), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    """Every process under ``root`` (the agent, the ranks)."""
+    parents = process_parents()
 
     def under(pid: int) -> bool:
         while pid > 1:
