@@ -8,6 +8,13 @@ row), per generate call, over the run. Remedies measured: the micro-batch size
 row is computed for exactly its own length, so no decode position is padding. Default toy
 task, cap 32 (about half the completions truncated) and cap 128 (few truncated).
 
+Training pays for padding too: the forward and backward passes run every micro-batch of
+`trainer.micro_batch_size` rows (32 here) at the batch's widest prompt + longest completion.
+With `trainer.group_by_length=true` rows are sorted by length into micro-batches, each cut
+to its own widths. Waste = 1 - real prompt + completion tokens / positions computed; packing
+several rows into one (position ids reset per row) would bring it to ~0, so the grouped
+waste is all that packing could still save. Measured with `rollout.drop_finished=true`.
+
     .venv/bin/python benchmarks/padding_waste.py --steps 6
 """
 
@@ -18,6 +25,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import run_child  # noqa: E402
 
 CHILD = Path(__file__)
+TRAIN_MICRO = 32  # trainer.micro_batch_size of the training-padding table
 
 
 def child(overrides: list[str], micro: int) -> dict:
@@ -47,8 +56,29 @@ def child(overrides: list[str], micro: int) -> dict:
             generated += int(call.sum())
             padded += int(call.sum()) if drop else int(call.max()) * len(call)
     rollout_s = [m["perf/rollout_s"] for m in raw["metrics"][1:]]
+    train_s = [m["perf/train_s"] for m in raw["metrics"][1:]]
+    grouped = "trainer.group_by_length=true" in overrides
     return {"waste": 1 - generated / padded, "rollout_s": statistics.median(rollout_s),
-            "tokens": int(np.sum(raw["tokens"][1:]))}
+            "train_s": statistics.median(train_s), "tokens": int(np.sum(raw["tokens"][1:])),
+            "train_waste": training_waste(rows, TRAIN_MICRO, grouped)}
+
+
+def training_waste(rows: Any, micro: int, grouped: bool) -> float:
+    """1 - real tokens / positions the training passes compute, over every step's batch,
+    micro-batched as update.py does (consecutive and uncut, or sorted and cut)."""
+    real = computed = 0
+    for _, step in rows.groupby("step", sort=True):
+        p = step["prompt_tokens"].map(len).to_numpy()  # [N]
+        c = step["response_length"].to_numpy()  # [N]
+        real += int((p + c).sum())
+        if not grouped:
+            computed += len(c) * int(p.max() + c.max())
+            continue
+        order = np.argsort(-(p + c), kind="stable")
+        for i in range(0, len(order), micro):
+            part = order[i:i + micro]
+            computed += len(part) * int(p[part].max() + c[part].max())
+    return 1 - real / computed
 
 
 def main() -> None:
@@ -71,12 +101,27 @@ def main() -> None:
             overrides = ["logger.progress=false", "trainer.val_every=0",
                          "logger.wandb.mode=disabled", f"max_len={cap}",
                          f"trainer.steps={a.steps}", f"rollout.micro_batch_size={micro}",
-                         f"rollout.drop_finished={str(drop).lower()}"]
+                         f"rollout.drop_finished={str(drop).lower()}", "logger.store_tokens=true"]
             r = run_child(CHILD, ["--child", str(micro), *overrides])
             per_step = r["tokens"] / (a.steps - 1)
             name = "rows leave at EOS" if drop else "generate"
             print(f"| {cap} | {name} | {micro} | {128 // micro} | {r['waste']:.1%} | "
                   f"{r['rollout_s']:.2f} | {per_step / r['rollout_s']:.0f} |")
+    print(f"\n### Padding in the training passes (micro-batches of {TRAIN_MICRO}, rows leave "
+          f"the sampler at EOS, {a.steps - 1} timed steps)\n")
+    print("| cap | micro-batches | padded positions | train s/step |")
+    print("| ---: | --- | ---: | ---: |")
+    for cap in (32, 128):
+        for grouped in (False, True):
+            overrides = ["logger.progress=false", "trainer.val_every=0",
+                         "logger.wandb.mode=disabled", f"max_len={cap}",
+                         f"trainer.steps={a.steps}", "rollout.micro_batch_size=128",
+                         "rollout.drop_finished=true", "logger.store_tokens=true",
+                         f"trainer.micro_batch_size={TRAIN_MICRO}",
+                         f"trainer.group_by_length={str(grouped).lower()}"]
+            r = run_child(CHILD, ["--child", "128", *overrides])
+            name = "sorted by length, cut" if grouped else "consecutive, batch width"
+            print(f"| {cap} | {name} | {r['train_waste']:.1%} | {r['train_s']:.2f} |")
 
 
 if __name__ == "__main__":

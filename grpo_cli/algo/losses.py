@@ -181,3 +181,21 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     needs_graph = torch.is_grad_enabled() and x.requires_grad
     expected = (p * x if needs_graph else p.mul_(x)).sum(dim=-1)  # [B, T]
     return torch.logsumexp(x, dim=-1) - expected
+
+
+def token_logprobs_with_entropy(
+    logits: torch.Tensor,  # [B, T, V]
+    tokens: torch.Tensor,  # [B, T]
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:  # [B, T] each, float32
+    """:func:`gather_token_logprobs` (with autograd) and :func:`token_entropy` of the detached
+    logits from one scaled copy and one logsumexp: the training forward needs both, and at a
+    49k-token vocabulary every [B, T, V] pass counts."""
+    x = _scaled_float(logits, temperature)  # [B, T, V]
+    lse = torch.logsumexp(x, dim=-1)  # [B, T]
+    logp = x.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1) - lse  # [B, T]
+    with torch.no_grad():
+        xd, lse_d = x.detach(), lse.detach()
+        p = (xd - lse_d.unsqueeze(-1)).exp_()  # [B, T, V] softmax
+        entropy = lse_d - p.mul_(xd).sum(dim=-1)  # [B, T]
+    return logp, entropy

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from grpo_cli.algo.losses import gather_token_logprobs, token_entropy
+from grpo_cli.algo.losses import gather_token_logprobs, token_logprobs_with_entropy
 from grpo_cli.data.vision import concat_vision
 from grpo_cli.rollout.base import Completion
 
@@ -61,20 +61,52 @@ def make_batch(
                  advantages, sampling, p_width, vision, image_token_id)
 
 
+def micro_batches(b: Batch, rows: slice, size: int, by_length: bool) -> list[torch.Tensor]:
+    """Row indices of each micro-batch of ``rows``, ``size`` rows each: consecutive rows, or
+    (``by_length``) rows sorted longest first, so a micro-batch cut to its own widths
+    (:func:`take`) holds little padding. The loss weights are global, so the order of the rows
+    changes only the order of float sums."""
+    idx = torch.arange(rows.start, rows.stop)  # [n]
+    if by_length:
+        real = b.attention_mask[rows].sum(dim=1)  # [n] prompt + completion tokens
+        idx = idx[torch.argsort(real, descending=True, stable=True)]
+    return list(idx.split(size))
+
+
+def take(b: Batch, idx: torch.Tensor, trim: bool) -> Batch:
+    """Rows ``idx`` of the batch; with ``trim``, cut to the widest prompt and the longest
+    completion among them (only padding columns go: positions and masks are unchanged)."""
+    p, t = b.prompt_width, b.completion_ids.shape[1]
+    if trim:
+        attention = b.attention_mask[idx]  # [n, P + T]
+        p = int(attention[:, : b.prompt_width].sum(dim=1).max())
+        t = int(attention[:, b.prompt_width :].sum(dim=1).max())
+    cols = slice(b.prompt_width - p, b.prompt_width + t)
+    return Batch(
+        b.input_ids[idx, cols], b.attention_mask[idx, cols], b.position_ids[idx, cols],
+        b.completion_ids[idx, :t], b.loss_mask[idx, :t], b.advantages[idx],
+        b.sampling_logprobs[idx, :t], p,
+        [b.vision[i] for i in idx.tolist()] if b.vision is not None else None,
+        b.image_token_id)
+
+
 def forward_logprobs(
-    model: Any, b: Batch, rows: slice, temperature: float, with_entropy: bool
+    model: Any, b: Batch, temperature: float, with_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs [n, T] of the completion tokens (and their entropies) for rows of the batch."""
-    input_ids = b.input_ids[rows]
-    extra: dict[str, Any] = {"position_ids": b.position_ids[rows]}
+    """Log-probs [n, T] of the completion tokens (and their entropies) for every row."""
+    extra: dict[str, Any] = {"position_ids": b.position_ids}
     if b.vision is not None:
-        extra = vision_kwargs(b.vision[rows], input_ids, b.image_token_id)
+        extra = vision_kwargs(b.vision, b.input_ids, b.image_token_id)
+    t = b.completion_ids.shape[1]
+    # Only the last T + 1 positions go through the LM head (the prompt's logits are unused);
+    # the logits kept are bit-identical to slicing the full ones.
     logits = model(
-        input_ids=input_ids, attention_mask=b.attention_mask[rows], use_cache=False, **extra,
-    ).logits[:, b.prompt_width - 1 : -1]  # [n, T, V]: position t predicts completion token t
-    logp = gather_token_logprobs(logits, b.completion_ids[rows], temperature)
-    entropy = token_entropy(logits.detach(), temperature) if with_entropy else None
-    return logp, entropy
+        input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False,
+        logits_to_keep=t + 1, **extra,
+    ).logits[:, :-1]  # [n, T, V]: position t predicts completion token t
+    if with_entropy:
+        return token_logprobs_with_entropy(logits, b.completion_ids, temperature)
+    return gather_token_logprobs(logits, b.completion_ids, temperature), None
 
 
 def vision_kwargs(parts: list[dict[str, torch.Tensor]], input_ids: torch.Tensor,
@@ -88,7 +120,16 @@ def vision_kwargs(parts: list[dict[str, torch.Tensor]], input_ids: torch.Tensor,
 
 
 @torch.no_grad()
-def logprobs_no_grad(model: Any, b: Batch, micro: int, temperature: float) -> torch.Tensor:
-    parts = [forward_logprobs(model, b, slice(i, i + micro), temperature, False)[0]
-             for i in range(0, len(b.advantages), micro)]
-    return torch.cat(parts)
+def logprobs_no_grad(model: Any, b: Batch, micro: int, temperature: float,
+                     by_length: bool) -> torch.Tensor:
+    """Log-probs [N, T] of every row's completion tokens (0 past its end), ``micro`` rows
+    per forward pass (micro-batched as the update is: see :func:`micro_batches`)."""
+    out: torch.Tensor | None = None  # [N, T]
+    for idx in micro_batches(b, slice(0, len(b.advantages)), micro, by_length):
+        m = take(b, idx, trim=by_length)
+        logp = forward_logprobs(model, m, temperature, with_entropy=False)[0]  # [n, t]
+        if out is None:
+            out = logp.new_zeros(b.completion_ids.shape)
+        out[idx.to(logp.device), : logp.shape[1]] = logp
+    assert out is not None
+    return out

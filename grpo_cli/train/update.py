@@ -16,7 +16,7 @@ from grpo_cli.algo.kl import kl_k3
 from grpo_cli.algo.losses import policy_gradient_loss, token_loss_weights
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.train import engine as eng
-from grpo_cli.train.batch import Batch, forward_logprobs, logprobs_no_grad
+from grpo_cli.train.batch import Batch, forward_logprobs, logprobs_no_grad, micro_batches, take
 
 # Per-rank sums reduced over ranks at the end of the update (see `summarise`).
 STAT_KEYS = ("loss", "entropy", "kl", "clipped", "tokens", "lp_diff", "lp_tokens")
@@ -30,7 +30,8 @@ def train_on_batch(
     t = cfg.trainer
     old_logp = None  # one update: the ratio is 1 and old log-probs are the detached current
     if t.updates_per_batch > 1:
-        old_logp = logprobs_no_grad(policy, b, t.micro_batch_size, cfg.rollout.temperature)
+        old_logp = logprobs_no_grad(policy, b, t.micro_batch_size, cfg.rollout.temperature,
+                                    t.group_by_length)
     per_update = len(b.advantages) // t.updates_per_batch
     sums = dict.fromkeys(STAT_KEYS, 0.0)
     grad_norms: list[float] = []
@@ -61,36 +62,38 @@ def optimiser_update(
     """One optimiser step over ``rows``, accumulated over micro-batches; returns 1 when it
     was skipped for non-finite gradients. Adds this rank's statistics to ``sums``."""
     counts = global_counts(b.loss_mask[rows], d)
-    micro = cfg.trainer.micro_batch_size
+    t = cfg.trainer
     skipped = 0
-    for start in range(rows.start, rows.stop, micro):
-        skipped += micro_step(policy, b, slice(start, start + micro), cfg, cap, d, counts,
-                              old_logp, ref_logp, sums, compare_sampler)
+    for idx in micro_batches(b, rows, t.micro_batch_size, t.group_by_length):
+        skipped += micro_step(policy, b, idx, cfg, cap, d, counts, old_logp, ref_logp, sums,
+                              compare_sampler)
     return skipped
 
 
 def micro_step(
-    policy: Any, b: Batch, rows: slice, cfg: RunConfig, cap: int, d: eng.Dist,
+    policy: Any, b: Batch, idx: torch.Tensor, cfg: RunConfig, cap: int, d: eng.Dist,
     counts: tuple[float, float], old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
     sums: dict[str, float], compare_sampler: bool,
 ) -> int:
-    """Forward, loss and backward of one micro-batch (DeepSpeed steps at the window's end)."""
+    """Forward, loss and backward of the rows ``idx`` (DeepSpeed steps at the window's end)."""
     a = cfg.algorithm
-    mask = b.loss_mask[rows].to(d.device)  # [n, T]
-    logp, entropy = forward_logprobs(policy, b, rows, cfg.rollout.temperature, with_entropy=True)
+    m = take(b, idx, trim=cfg.trainer.group_by_length)  # [n, P' + T'] rows
+    width = m.completion_ids.shape[1]  # T'
+    mask = m.loss_mask.to(d.device)  # [n, T']
+    logp, entropy = forward_logprobs(policy, m, cfg.rollout.temperature, with_entropy=True)
     assert entropy is not None
-    old = logp.detach() if old_logp is None else old_logp[rows].to(d.device)
+    old = logp.detach() if old_logp is None else old_logp[idx, :width].to(d.device)
     if compare_sampler:  # sampler vs trainer on the same weights: ~0 for hf in fp32
         # generated tokens are where the completion part of the attention mask is 1
-        generated = b.attention_mask[rows, b.prompt_width:].float().to(d.device)
-        sampled = b.sampling_logprobs[rows].to(d.device)
+        generated = m.attention_mask[:, m.prompt_width:].float().to(d.device)
+        sampled = m.sampling_logprobs.to(d.device)
         sums["lp_diff"] += float(((logp.detach() - sampled).abs() * generated).sum())
         sums["lp_tokens"] += float(generated.sum())
     token_loss, clipped = policy_gradient_loss(
-        logp, old, b.advantages[rows].to(d.device), a.clip_ratio_low, a.clip_ratio_high
+        logp, old, m.advantages.to(d.device), a.clip_ratio_low, a.clip_ratio_high
     )  # [n, T] each
     if ref_logp is not None:
-        kl = kl_k3(logp, ref_logp[rows].to(d.device))
+        kl = kl_k3(logp, ref_logp[idx, :width].to(d.device))
         token_loss = token_loss + a.kl_coef * kl
         sums["kl"] += float((kl.detach() * mask).sum())
     num_seqs, num_tokens = counts

@@ -114,7 +114,7 @@ def test_sampling_logprobs_equal_the_training_forward_pass(sampled: tuple) -> No
     batch = make_batch([prompts.prompt_ids[c.prompt_index] for c in comps], comps,
                        torch.zeros(len(comps)), pad_id=2, mask_truncated=False)
     with torch.no_grad():
-        logp, _ = forward_logprobs(model, batch, slice(0, len(comps)), 1.0, False)
+        logp, _ = forward_logprobs(model, batch, 1.0, False)
     tokens = batch.attention_mask[:, batch.prompt_width:].bool()
     diff = (logp - batch.sampling_logprobs).abs()[tokens]
     # fp32, 30 layers, left padding in both passes: ~1e-5 per token; a wrong position or

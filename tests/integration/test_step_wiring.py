@@ -263,6 +263,31 @@ def test_rows_leaving_at_eos_train_like_generate_rows(runs_dir: Path,
     assert derived["truncated"].any() and not derived["truncated"].all()
 
 
+def test_micro_batches_grouped_by_length_are_cut_and_train_like_the_reference(
+        runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trainer.group_by_length=true: every micro-batch of the update is cut to its own rows
+    (a spy on update.take records the widths it hands the forward pass), together they hold
+    fewer padded positions than the uncut batch, and the update (two of them, with KL, so the
+    old and reference log-probs go through the same micro-batches) equals the reference."""
+    from grpo_cli.train import update
+
+    shapes: list[tuple[int, int, int]] = []  # (rows, width, full width) per micro-batch
+    real = update.take
+
+    def spy(b: Any, idx: torch.Tensor, trim: bool) -> Any:
+        m = real(b, idx, trim)
+        shapes.append((len(idx), m.input_ids.shape[1], b.input_ids.shape[1]))
+        return m
+
+    monkeypatch.setattr(update, "take", spy)
+    run_dir = run_step(runs_dir, ["trainer.group_by_length=true", "trainer.updates_per_batch=2",
+                                  "algorithm.kl_coef=0.5", "trainer.micro_batch_size=2"])
+    check_update(run_dir)
+    assert sum(n for n, _, _ in shapes) == PROMPTS * N  # each row once (two updates of 8)
+    assert all(w <= full for _, w, full in shapes)
+    assert sum(n * w for n, w, _ in shapes) < sum(n * full for n, _, full in shapes)
+
+
 def test_the_batch_holds_eos_exactly_at_the_cap(runs_dir: Path) -> None:
     """The case `length >= cap` gets wrong: it must occur, and count as finished."""
     rows = rows_of(run_step(runs_dir, []))
@@ -273,8 +298,8 @@ def test_the_batch_holds_eos_exactly_at_the_cap(runs_dir: Path) -> None:
 @pytest.mark.parametrize("extra", [
     ["algorithm.loss_agg_mode=token-mean", "algorithm.mask_truncated=true"],
     ["algorithm=dr_grpo", "trainer.zero_stage=2", "trainer.updates_per_batch=2",
-     "trainer.micro_batch_size=2"],
-], ids=["token-mean-masked", "dr-grpo-zero2-two-updates"])
+     "trainer.micro_batch_size=2", "trainer.group_by_length=true"],
+], ids=["token-mean-masked", "dr-grpo-zero2-two-updates-by-length"])
 def test_two_ranks_equal_the_reference(grpo, runs_dir: Path, extra: list[str]) -> None:
     """Two CPU ranks (torchrun, gloo): counts are global, DeepSpeed's rank average undone."""
     args = [a for a in COMMON if not a.startswith("logger.wandb")]

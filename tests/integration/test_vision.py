@@ -65,7 +65,7 @@ def test_images_reach_the_model_and_sampling_logprobs_match_training(vl) -> None
                        torch.zeros(len(comps)), tokenizer.pad_token_id, False,
                        [vision[c.prompt_index] for c in comps], image_token)
     with torch.no_grad():
-        logp, _ = forward_logprobs(model, batch, slice(0, len(comps)), 1.0, False)
+        logp, _ = forward_logprobs(model, batch, 1.0, False)
     for i, c in enumerate(comps):  # left-padded prompts of different lengths, one batch
         got = logp[i, : len(c.token_ids)]
         torch.testing.assert_close(got, torch.tensor(c.logprobs), atol=2e-4, rtol=1e-4)
@@ -74,7 +74,7 @@ def test_images_reach_the_model_and_sampling_logprobs_match_training(vl) -> None
     blank = [{**v, "pixel_values": torch.zeros_like(v["pixel_values"])} for v in vision]
     batch.vision = [blank[c.prompt_index] for c in comps]
     with torch.no_grad():
-        logp_blank, _ = forward_logprobs(model, batch, slice(0, len(comps)), 1.0, False)
+        logp_blank, _ = forward_logprobs(model, batch, 1.0, False)
     assert not torch.allclose(logp_blank, logp)
 
 

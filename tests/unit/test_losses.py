@@ -14,6 +14,7 @@ from grpo_cli.algo.losses import (
     gather_token_logprobs,
     policy_gradient_loss,
     token_entropy,
+    token_logprobs_with_entropy,
     token_loss_weights,
 )
 
@@ -307,3 +308,22 @@ def test_entropy_matches_reference_with_and_without_grad() -> None:
     lp = torch.log_softmax(x_ref / 0.7, -1)
     (g_ref,) = torch.autograd.grad((-(lp.exp() * lp).sum(-1)).sum(), x_ref)
     torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_log_probs_with_entropy_equal_the_two_separate_functions(temperature: float) -> None:
+    """One logsumexp for both: the same values, gradients only through the log-probs, and
+    float32 logits are left as they were."""
+    g = torch.Generator().manual_seed(3)
+    logits = (4 * torch.randn(2, 5, 11, generator=g)).requires_grad_()
+    before = logits.detach().clone()
+    tokens = torch.randint(0, 11, (2, 5), generator=g)
+    lp, ent = token_logprobs_with_entropy(logits, tokens, temperature)
+    torch.testing.assert_close(lp, gather_token_logprobs(logits, tokens, temperature))
+    torch.testing.assert_close(ent, token_entropy(logits.detach(), temperature))
+    assert lp.requires_grad and not ent.requires_grad
+    lp.sum().backward()
+    want = torch.autograd.grad(gather_token_logprobs(logits, tokens, temperature).sum(),
+                               logits)[0]
+    torch.testing.assert_close(logits.grad, want)
+    assert torch.equal(logits.detach(), before)
