@@ -11,10 +11,10 @@ token-level clipping 0.2 / 0.28, AdamW betas (0.9, 0.99), constant schedule, fp3
 optimiser step per rollout batch. W&B off on both sides; grpo-cli still writes its run store
 (that is part of what it does). Peak memory is each process's maximum resident set.
 
-grpo-cli runs twice: with its defaults (transformers `generate`, consecutive micro-batches
-at the batch's width), and without padding: `rollout.drop_finished=true` (a sequence leaves
-the sampler's batch at its EOS) and `trainer.group_by_length=true` (micro-batches of similar
-lengths, each cut to its own longest row). Each run is a fresh
+grpo-cli runs twice: with its defaults (sampling with its decode loop, where a sequence leaves
+the batch at its EOS; training on consecutive micro-batches at the batch's width), and with
+`trainer.group_by_length=true` (micro-batches of similar lengths, each cut to its own longest
+row, the LM head on completion positions only). Each run is a fresh
 process; the three sides alternate, `--repeats` times each; a ratio is given as the median of
 the per-repeat ratios with their range. A step's time is
 the wall time between the ends of consecutive optimiser steps (generation, reward, forward,
@@ -118,8 +118,8 @@ def child_trl(steps: int, seed: int, w: dict) -> dict:
 # The sides compared, in the order each repeat runs them: (name, extra grpo run overrides);
 # None is TRL.
 SIDES: tuple[tuple[str, list[str] | None], ...] = (
-    ("grpo-cli, generate", []),
-    ("grpo-cli, no padding", ["rollout.drop_finished=true", "trainer.group_by_length=true"]),
+    ("grpo-cli, defaults", []),
+    ("grpo-cli, trainer.group_by_length=true", ["trainer.group_by_length=true"]),
     ("TRL GRPOTrainer", None),
 )
 

@@ -40,7 +40,7 @@ Most used keys:
   trainer.gpus, trainer.nodes          ranks per node and nodes; `grpo run` starts them
   trainer.master_addr                  nodes > 1: the host where every node meets
   trainer.rdzv_timeout                 nodes > 1: seconds a node waits for the others (600)
-  rollout.drop_finished                hf: a sequence leaves the batch at its EOS
+  rollout.drop_finished                hf: rows leave at EOS (true); false: generate
   trainer.group_by_length              micro-batches of similar lengths, less padding
   logger.wandb.mode                    offline (default) | online | disabled
 

@@ -67,8 +67,9 @@ class RolloutConfig:
     top_p: float = 1.0
     micro_batch_size: int = 64  # sequences per generate call (hf backend)
     # hf backend, text only: a sequence leaves the batch at its EOS instead of being computed
-    # as padding until the longest ends (rollout/decode.py); false: transformers generate
-    drop_finished: bool = False
+    # as padding until the longest ends (rollout/decode.py; the same draws as generate);
+    # false: transformers generate
+    drop_finished: bool = True
     # vllm only. Its share of each GPU; on CPU a share of host RAM. null: 0.5 on GPUs; on CPU
     # a KV cache sized for the run's own sequences (see rollout/vllm.py: engine_settings).
     gpu_memory_utilization: float | None = None
@@ -180,8 +181,9 @@ class TrainerConfig:
     # batch, up to 32 (a set value must divide it).
     micro_batch_size: int | None = None
     updates_per_batch: int = 1  # optimiser steps per rollout batch (>1 uses old log-probs)
-    # Micro-batches of rows sorted by length, each cut to its own longest row: less padding
-    # in the forward and backward passes, the same loss up to the order of float sums.
+    # Micro-batches of rows sorted by length, each cut to its own longest row, and the LM head
+    # on completion positions only: less padding in the forward and backward passes, the
+    # same loss up to the order of float sums.
     group_by_length: bool = False
     lr: float = 7e-4
     weight_decay: float = 0.0

@@ -3,9 +3,11 @@
 transformers ``generate`` keeps every row of the batch in every decode step until the
 longest one ends: a row that stopped at token 5 of a 128-token cap is computed (as padding)
 123 more times. Here a row leaves the batch, and its KV cache, at its EOS; each step runs
-only the rows still going. Same distribution as ``generate`` with the same warpers: the
-processed scores' softmax, one multinomial draw per row per step; the recorded log-probs are
-those of the distribution each token was drawn from.
+only the rows still going. Same draws as ``generate`` with the same warpers: every step makes
+one multinomial draw over all B rows of the call, as ``generate`` does for its finished rows
+too (torch draws B x V exponentials whatever the values), so the random stream reaches each
+row still going exactly as it would in ``generate`` and a seed gives the same tokens. The
+recorded log-probs are those of the distribution each token was drawn from.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def sample_dropping_finished(
         for warp in warpers:
             scores = warp(step_ids, scores)
         logp = torch.log_softmax(scores, dim=-1)  # [b, V]
-        nxt = torch.multinomial(logp.exp(), num_samples=1).squeeze(1)  # [b]
+        nxt = draw(torch.softmax(scores, dim=-1), rows.to(device), batch)  # [b]
         tokens[rows, t] = nxt.cpu()
         logprobs[rows, t] = logp.gather(1, nxt[:, None]).squeeze(1).cpu()
         used = t + 1
@@ -61,6 +63,18 @@ def sample_dropping_finished(
         attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
         step_pos = step_pos[:, -1:] + 1
     return tokens[:, :used], logprobs[:, :used]
+
+
+def draw(probs: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """One token per row still going ([b, V] probabilities of the call's rows ``rows``),
+    drawn from a multinomial over all ``batch`` rows as ``generate`` draws (the ended rows get
+    a uniform placeholder: their draws are thrown away, but they use the same random
+    numbers)."""
+    if probs.shape[0] == batch:
+        return torch.multinomial(probs, num_samples=1).squeeze(1)
+    full = probs.new_ones((batch, probs.shape[1]))  # [B, V]
+    full[rows] = probs
+    return torch.multinomial(full, num_samples=1).squeeze(1)[rows]  # [b]
 
 
 def cache_keyword(model: torch.nn.Module) -> str:

@@ -80,7 +80,8 @@ def micro_step(
     m = take(b, idx, trim=cfg.trainer.group_by_length)  # [n, P' + T'] rows
     width = m.completion_ids.shape[1]  # T'
     mask = m.loss_mask.to(d.device)  # [n, T']
-    logp, entropy = forward_logprobs(policy, m, cfg.rollout.temperature, with_entropy=True)
+    logp, entropy = forward_logprobs(policy, m, cfg.rollout.temperature, with_entropy=True,
+                                     narrow=cfg.trainer.group_by_length)
     assert entropy is not None
     old = logp.detach() if old_logp is None else old_logp[idx, :width].to(d.device)
     if compare_sampler:  # sampler vs trainer on the same weights: ~0 for hf in fp32

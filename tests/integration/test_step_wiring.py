@@ -242,10 +242,12 @@ def test_one_step_equals_the_reference(runs_dir: Path, name: str) -> None:
         assert metrics["policy/clip_frac"] > 0
 
 
-def test_rows_leaving_at_eos_train_like_generate_rows(runs_dir: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """rollout.drop_finished=true: the step samples with rollout/decode.py (a spy counts its
-    calls and passes them on to it) and the update on those rows equals the reference, with
+@pytest.mark.parametrize("drop", [True, False], ids=["rows-leave-at-eos", "generate"])
+def test_both_hf_samplers_train_like_the_reference(runs_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   drop: bool) -> None:
+    """rollout.drop_finished (the default, true): the step samples with rollout/decode.py (a
+    spy counts its calls and passes them on to it); false: with transformers generate, and
+    the loop is never called. Either way the update on those rows equals the reference, with
     the sampler's log-probs the trainer's (check_update) at a temperature below 1."""
     from grpo_cli.rollout import hf
 
@@ -257,8 +259,9 @@ def test_rows_leaving_at_eos_train_like_generate_rows(runs_dir: Path,
         return real(model, input_ids, *args)
 
     monkeypatch.setattr(hf, "sample_dropping_finished", spy)
-    run_dir = run_step(runs_dir, ["rollout.temperature=0.7", "rollout.drop_finished=true"])
-    assert sum(calls) == PROMPTS * N  # every completion of the step came from the loop
+    run_dir = run_step(runs_dir, ["rollout.temperature=0.7",
+                                  f"rollout.drop_finished={str(drop).lower()}"])
+    assert sum(calls) == (PROMPTS * N if drop else 0)  # which sampler made the completions
     derived = check_update(run_dir)
     assert derived["truncated"].any() and not derived["truncated"].all()
 

@@ -89,21 +89,25 @@ def test_top_p_renormalises_over_the_kept_tokens(model: Qwen2ForCausalLM, drop: 
 
 
 @pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 0.9)])
-def test_the_decode_loop_draws_what_generate_draws_while_no_row_ends(
-        model: Qwen2ForCausalLM, temperature: float, top_p: float) -> None:
-    """With no EOS id nothing leaves the batch, so the loop consumes the random stream as
-    `generate` does: the same seed gives the same tokens and log-probs (prefill positions,
-    cache, warpers and the draw all agree)."""
-    request = RolloutRequest(PROMPTS, n=3, max_new_tokens=7, temperature=temperature,
+@pytest.mark.parametrize("eos", [(), (EOS,)], ids=["no-row-ends", "rows-end"])
+def test_the_decode_loop_draws_what_generate_draws(
+        model: Qwen2ForCausalLM, temperature: float, top_p: float, eos: tuple[int, ...]) -> None:
+    """The loop consumes the random stream as `generate` does, also after rows have ended
+    and left its batch: the same seed gives the same tokens, finish reasons and log-probs
+    (prefill positions, cache, warpers and the draw all agree)."""
+    request = RolloutRequest(PROMPTS, n=3, max_new_tokens=12, temperature=temperature,
                              top_p=top_p)
     got = {}
     for drop in (False, True):
         torch.manual_seed(4)
-        got[drop] = backend(model, drop=drop, eos=()).generate(request).completions
+        got[drop] = backend(model, micro=8, drop=drop, eos=eos).generate(request).completions
     for a, b in zip(got[False], got[True], strict=True):
-        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason == "length"
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs),
                                    atol=1e-5, rtol=0)
+    if eos:  # rows did end early, in both calls of 8 and 4 rows
+        ended = [len(c.token_ids) for c in got[True] if c.finish_reason == "stop"]
+        assert len(ended) >= 2 and min(ended) < 12
 
 
 def test_eos_exactly_at_the_cap_is_not_truncation(model: Qwen2ForCausalLM) -> None:
