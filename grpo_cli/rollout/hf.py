@@ -1,9 +1,12 @@
-"""Rollouts with transformers ``generate``: the CPU default backend.
+"""Rollouts with transformers models in this process: the CPU default backend.
 
-Batched sampling with KV cache and left padding. The sampling distribution is built by our
-own logits processors (temperature, top-p) so that the recorded log-probs are exactly those
-of the distribution each token was drawn from, and no model ``generation_config.json``
-defaults (top_k, repetition penalty) change it behind the user's back.
+Batched sampling with KV cache and left padding: text batches through the decode loop of
+rollout/decode.py (rows leave at EOS; the same draws as ``generate``), vision batches and
+``rollout.drop_finished=false`` through ``generate`` itself. The sampling distribution is
+built by our own logits processors (temperature, top-p) so that the recorded log-probs are
+exactly those of the distribution each token was drawn from, and no model
+``generation_config.json`` defaults (top_k, repetition penalty) change it behind the user's
+back.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def _batches(items: list[int], size: int) -> Iterator[list[int]]:
 
 
 class HFRollout:
-    """Implements :class:`~grpo_cli.rollout.base.RolloutBackend` with ``model.generate``."""
+    """Implements :class:`~grpo_cli.rollout.base.RolloutBackend` with a transformers model."""
 
     def __init__(
         self,
