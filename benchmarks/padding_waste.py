@@ -65,19 +65,21 @@ def child(overrides: list[str], micro: int) -> dict:
 
 def training_waste(rows: Any, micro: int, grouped: bool) -> float:
     """1 - real tokens / positions the training passes compute, over every step's batch,
-    micro-batched as update.py does (consecutive and uncut, or sorted and cut)."""
+    micro-batched and cut by the training code itself (train/batch.py, as update.py calls it)."""
+    import torch
+
+    from grpo_cli.rollout.base import Completion
+    from grpo_cli.train.batch import make_batch, micro_batches, take
+
     real = computed = 0
     for _, step in rows.groupby("step", sort=True):
-        p = step["prompt_tokens"].map(len).to_numpy()  # [N]
-        c = step["response_length"].to_numpy()  # [N]
-        real += int((p + c).sum())
-        if not grouped:
-            computed += len(c) * int(p.max() + c.max())
-            continue
-        order = np.argsort(-(p + c), kind="stable")
-        for i in range(0, len(order), micro):
-            part = order[i:i + micro]
-            computed += len(part) * int(p[part].max() + c[part].max())
+        comps = [Completion(0, 0, list(c), [0.0] * len(c), "length" if cut else "stop")
+                 for c, cut in zip(step["completion_tokens"], step["truncated"], strict=True)]
+        b = make_batch([list(p) for p in step["prompt_tokens"]], comps,
+                       torch.zeros(len(comps)), 0, mask_truncated=False)
+        real += int(b.attention_mask.sum())
+        for idx in micro_batches(b, slice(0, len(comps)), micro, grouped):
+            computed += take(b, idx, trim=grouped).input_ids.numel()
     return 1 - real / computed
 
 

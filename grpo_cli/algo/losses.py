@@ -177,10 +177,14 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     assumed finite. Without autograd the product is taken in place to save a [B, T, V] copy.
     """
     x = _scaled_float(logits, temperature)  # [B, T, V]
-    p = torch.softmax(x, dim=-1)  # [B, T, V]
+    return _entropy(x, torch.logsumexp(x, dim=-1))
+
+
+def _entropy(x: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:  # [B, T]
+    """Entropy from scaled logits x [B, T, V] and their logsumexp [B, T]."""
+    p = (x - lse.unsqueeze(-1)).exp()  # [B, T, V] softmax
     needs_graph = torch.is_grad_enabled() and x.requires_grad
-    expected = (p * x if needs_graph else p.mul_(x)).sum(dim=-1)  # [B, T]
-    return torch.logsumexp(x, dim=-1) - expected
+    return lse - (p * x if needs_graph else p.mul_(x)).sum(dim=-1)
 
 
 def token_logprobs_with_entropy(
@@ -195,7 +199,5 @@ def token_logprobs_with_entropy(
     lse = torch.logsumexp(x, dim=-1)  # [B, T]
     logp = x.gather(-1, tokens.long().unsqueeze(-1)).squeeze(-1) - lse  # [B, T]
     with torch.no_grad():
-        xd, lse_d = x.detach(), lse.detach()
-        p = (xd - lse_d.unsqueeze(-1)).exp_()  # [B, T, V] softmax
-        entropy = lse_d - p.mul_(xd).sum(dim=-1)  # [B, T]
+        entropy = _entropy(x.detach(), lse.detach())  # [B, T]
     return logp, entropy

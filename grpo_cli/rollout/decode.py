@@ -47,6 +47,7 @@ def sample_dropping_finished(
         for warp in warpers:
             scores = warp(step_ids, scores)
         logp = torch.log_softmax(scores, dim=-1)  # [b, V]
+        # generate draws from softmax(scores); logp.exp() can differ from it in the last bit
         nxt = draw(torch.softmax(scores, dim=-1), rows.to(device), batch)  # [b]
         tokens[rows, t] = nxt.cpu()
         logprobs[rows, t] = logp.gather(1, nxt[:, None]).squeeze(1).cpu()
