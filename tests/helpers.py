@@ -27,6 +27,12 @@ SUMS = ["config=conf/experiment/smollm2_sums.yaml", "trainer.prompts_per_step=2"
         "rollout.n=4", "trainer.micro_batch_size=4", "trainer.val_every=0",
         "logger.progress=false", "max_len=32"]
 
+# ZeRO-3 that shards even the toy's tensors (all below DeepSpeed's default persistence
+# threshold of 1e5 elements, which keeps them whole) and reduces gradients in small buckets:
+# what a real model does at stage 3.
+ZERO3_SHARDED = ["trainer.zero_stage=3", "trainer.deepspeed={zero_optimization: "
+                 "{stage3_param_persistence_threshold: 0, reduce_bucket_size: 1000}}"]
+
 # Sampler vs trainer log-prob gap (mean |diff| per token) of a correct weight push in fp32.
 CORRECT = 1e-5
 

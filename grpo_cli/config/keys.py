@@ -17,8 +17,9 @@ from grpo_cli.config.schema import RunConfig
 # Short names users type; rewritten to the full key before Hydra sees them.
 ALIASES: dict[str, str] = {"max_len": "data.max_response_length"}
 
-# Free-form mappings: any key below them is the user's (reward kwargs, component weights).
-OPEN_DICTS = ("reward.kwargs", "reward.weights")
+# Free-form mappings: any key below them is the user's (reward kwargs, component weights,
+# DeepSpeed config entries).
+OPEN_DICTS = ("reward.kwargs", "reward.weights", "trainer.deepspeed")
 
 # Config groups (conf/<group>/<option>.yaml), selected with e.g. `algorithm=dapo`.
 GROUPS = ("model", "data", "rollout", "algorithm", "reward", "length", "trainer", "logger")

@@ -193,6 +193,9 @@ class TrainerConfig:
     max_bad_steps: int = 10  # updates skipped for NaN/inf gradients before the run stops
     warmup_steps: int = 0
     zero_stage: int = 0
+    # DeepSpeed config entries merged over the generated one (e.g. {zero_optimization:
+    # {offload_optimizer: {device: cpu}}}); the keys other trainer./model. keys set are refused.
+    deepspeed: dict[str, Any] = field(default_factory=dict)
     save_every: int = 0  # 0: only at the end (if save_final)
     save_final: bool = False
     save_on_interrupt: bool = True  # SIGTERM/Ctrl-C: checkpoint the finished step, then stop

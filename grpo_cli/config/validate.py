@@ -69,6 +69,7 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     _require(d.min_pixels is None or d.max_pixels is None or d.min_pixels <= d.max_pixels,
              f"data.min_pixels={d.min_pixels} is above data.max_pixels={d.max_pixels}")
     _require(t.zero_stage in (0, 1, 2, 3), f"trainer.zero_stage={t.zero_stage}: allowed 0-3")
+    _validate_deepspeed(t.deepspeed)
 
     _require(d.max_prompt_length > 0, f"data.max_prompt_length={d.max_prompt_length}: must be > 0")
     _require(
@@ -147,6 +148,32 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     check_reward_spec(cfg.reward.function)
     if r.backend == "vllm":
         _validate_vllm_platform(cfg)
+
+
+# DeepSpeed entries other keys set: trainer.deepspeed may not override them.
+DEEPSPEED_OWNED = {
+    "train_batch_size": "trainer.prompts_per_step and rollout.n",
+    "train_micro_batch_size_per_gpu": "trainer.micro_batch_size",
+    "gradient_accumulation_steps": "trainer.micro_batch_size",
+    "gradient_clipping": "trainer.grad_clip",
+    "bf16": "model.dtype", "fp16": "model.dtype",
+    "optimizer": "trainer.lr, trainer.betas, trainer.weight_decay",
+    "scheduler": "trainer.warmup_steps",
+    "zero_optimization.stage": "trainer.zero_stage",
+}
+
+
+def _validate_deepspeed(extra: dict[str, object]) -> None:
+    """trainer.deepspeed: a mapping of DeepSpeed config entries none of our keys set."""
+    _require(isinstance(extra, dict), f"trainer.deepspeed={extra}: expected a mapping of "
+             "DeepSpeed config entries, e.g. {zero_optimization: {reduce_bucket_size: 5e7}}")
+    zero = extra.get("zero_optimization", {})
+    _require(isinstance(zero, dict), f"trainer.deepspeed.zero_optimization={zero}: expected a "
+             "mapping")
+    given = [*extra, *(f"zero_optimization.{k}" for k in zero)]
+    for key in given:
+        _require(key not in DEEPSPEED_OWNED, f"trainer.deepspeed.{key}: set by "
+                 f"{DEEPSPEED_OWNED.get(key)}; use that instead")
 
 
 def update_batch(cfg: RunConfig, world: int) -> int:

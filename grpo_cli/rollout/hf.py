@@ -151,6 +151,7 @@ class HFRollout:
             attention_mask=attention.to(device),
             generation_config=gen_config,
             logits_processor=processors,
+            synced_gpus=False,  # the model is local to this rank (see engine.gathered)
             **extra,
         )
         generated = out[:, width:].cpu()  # [B, T_gen], padded after EOS

@@ -126,6 +126,8 @@ def build_models(cfg: RunConfig, inputs: Inputs, d: eng.Dist, run: RunHandle) ->
         hf_ds_ref = HfDeepSpeedConfig(ds_cfg)
     policy = eng.make_policy_engine(load_causal_lm(inputs.model_path, cfg.model), cfg, ds_cfg)
     policy.module.eval()  # no dropout: log-probs must match between sampling and training
+    if cfg.trainer.zero_stage == 3:  # how many tensors DeepSpeed really shards (the others
+        run.note(zero3_sharded_tensors=eng.sharded_tensors(policy.module))  # stay whole)
     reference = None
     if cfg.algorithm.kl_coef > 0:
         reference = eng.make_reference_engine(load_causal_lm(inputs.model_path, cfg.model),

@@ -99,7 +99,19 @@ def ds_config(cfg: RunConfig, world: int) -> dict[str, Any]:
         config["fp16"] = {"enabled": True}
     if t.zero_stage == 3:
         config["zero_optimization"].update(stage3_gather_16bit_weights_on_model_save=True)
-    return config
+    return merge_config(config, t.deepspeed)
+
+
+def merge_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, mappings key by key (trainer.deepspeed over the
+    generated config; validation refused the keys that other settings own)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 class FiniteAdamW(torch.optim.AdamW):
@@ -163,14 +175,51 @@ def make_reference_engine(model: torch.nn.Module, config: dict[str, Any]) -> Any
 
 @contextlib.contextmanager
 def gathered(engine: Any, zero_stage: int) -> Iterator[torch.nn.Module]:
-    """The full module for sampling: ZeRO-3 shards are gathered for the duration."""
-    if zero_stage == 3:
-        import deepspeed
+    """The full module for sampling. Under ZeRO-3 every shard is gathered once for the
+    duration and DeepSpeed's module hooks are taken off, so a forward pass is local.
 
-        with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
-            yield engine.module
-    else:
+    With the hooks on, each forward re-gathers (or, while DeepSpeed records its trace, checks
+    across ranks) per module: collectives that every rank must make in step. Sampling makes
+    one forward per decode step and a rank stops when its own rows end, so ranks would make
+    different numbers of them and wait for each other forever. TRL's
+    ``unwrap_model_for_generation`` takes the same two steps."""
+    if zero_stage != 3:
         yield engine.module
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters())), \
+            zero3_hooks_off(engine):
+        yield engine.module
+
+
+@contextlib.contextmanager
+def zero3_hooks_off(engine: Any) -> Iterator[None]:
+    """Remove the ZeRO-3 parameter hooks from the engine's module for the duration, then put
+    them back as DeepSpeed first registered them (its trace is then recorded anew).
+
+    DeepSpeed's own ``unwrap_model_for_generation`` leaves the root module's start-of-forward
+    hook, which still compares traces across ranks while one is being recorded: a collective
+    per forward. It goes too."""
+    offload = getattr(engine.optimizer, "parameter_offload", None)
+    if offload is None:  # no parameter partitioning (ZeRO 0-2)
+        yield
+        return
+    root = offload.module
+    start_of_forward = root._forward_pre_hooks[offload.fwd_pre_hook.id]
+    offload._remove_module_hooks()  # sub-module hooks and the start-of-forward hook
+    offload.forward_hooks, offload.backward_hooks = [], []
+    try:
+        yield
+    finally:
+        offload.fwd_pre_hook = root.register_forward_pre_hook(start_of_forward)
+        offload._register_deepspeed_module(root)
+
+
+def sharded_tensors(module: torch.nn.Module) -> int:
+    """Parameters ZeRO-3 holds as shards. Those under ``stage3_param_persistence_threshold``
+    elements (1e5 by default) stay whole on every rank and never need gathering."""
+    return sum(1 for p in module.parameters() if not getattr(p, "ds_persist", True))
 
 
 def all_gather_objects(obj: Any, world: int) -> list[Any]:

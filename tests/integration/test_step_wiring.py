@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo_cli.config.schema import TOY
 from grpo_cli.models.load import resolve_model_path
+from tests.helpers import ZERO3_SHARDED
 
 N = 4  # rollout.n
 PROMPTS = 4  # trainer.prompts_per_step
@@ -60,9 +61,15 @@ def rows_of(run_dir: Path) -> pd.DataFrame:
 
 
 def weights_after(run_dir: Path) -> dict[str, torch.Tensor]:
-    """The module weights DeepSpeed saved after step 0 (ZeRO 0-2 keep them whole)."""
+    """The module weights DeepSpeed saved after step 0: whole for ZeRO 0-2, rebuilt from the
+    ranks' fp32 shards for ZeRO-3."""
     path = run_dir / "checkpoints" / "step-000000" / "mp_rank_00_model_states.pt"
-    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+    if knobs(run_dir)["trainer"]["zero_stage"] < 3:
+        return torch.load(path, map_location="cpu", weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"),
+                                                    tag="step-000000")
 
 
 # --- the independent reference -------------------------------------------------------------
@@ -195,7 +202,7 @@ def check_update(run_dir: Path) -> dict[str, Any]:
     np.testing.assert_array_equal(rows["truncated"].to_numpy(), derived["truncated"])
     np.testing.assert_allclose(rows["advantage"].to_numpy(), derived["advantage"], atol=1e-5)
     after = weights_after(run_dir)
-    got = torch.cat([(after[n].float() - before[n]).flatten() for n in expected])
+    got = torch.cat([(after[n].detach().float() - before[n]).flatten() for n in expected])
     want = torch.cat([(expected[n] - before[n]).flatten() for n in expected])
     assert float(want.norm()) > 1e-3  # the step did move the weights
     rel = float((got - want).norm() / want.norm())
@@ -302,9 +309,13 @@ def test_the_batch_holds_eos_exactly_at_the_cap(runs_dir: Path) -> None:
     ["algorithm.loss_agg_mode=token-mean", "algorithm.mask_truncated=true"],
     ["algorithm=dr_grpo", "trainer.zero_stage=2", "trainer.updates_per_batch=2",
      "trainer.micro_batch_size=2", "trainer.group_by_length=true"],
-], ids=["token-mean-masked", "dr-grpo-zero2-two-updates-by-length"])
+    [*ZERO3_SHARDED, "trainer.updates_per_batch=2", "algorithm.kl_coef=0.5",
+     "trainer.micro_batch_size=2"],
+], ids=["token-mean-masked", "dr-grpo-zero2-two-updates-by-length", "zero3-sharded-two-updates-kl"])
 def test_two_ranks_equal_the_reference(grpo, runs_dir: Path, extra: list[str]) -> None:
-    """Two CPU ranks (torchrun, gloo): counts are global, DeepSpeed's rank average undone."""
+    """Two CPU ranks (torchrun, gloo): counts are global, DeepSpeed's rank average undone.
+    At ZeRO-3 every tensor is sharded (policy and reference): sampling, the old and
+    reference log-probs and the update all run on gathered shards."""
     args = [a for a in COMMON if not a.startswith("logger.wandb")]
     res = grpo("run", *args, *extra, "trainer.gpus=2", "logger.wandb.mode=disabled",
                timeout=900)

@@ -104,6 +104,13 @@ def test_parse_args_rejects_non_override() -> None:
         (["trainer.adam_eps=0"], "trainer.adam_eps=0.0: must be > 0"),
         (["trainer.grad_clip=-1"], "trainer.grad_clip=-1.0: must be >= 0"),
         (["trainer.lr=0"], "trainer.lr=0.0: must be > 0"),
+        (["trainer.deepspeed.zero_optimization.stage=3"],
+         "trainer.deepspeed.zero_optimization.stage: set by trainer.zero_stage"),
+        (["trainer.deepspeed.bf16={enabled: true}"], "trainer.deepspeed.bf16: set by model.dtype"),
+        (["trainer.deepspeed.gradient_accumulation_steps=4"],
+         "gradient_accumulation_steps: set by trainer.micro_batch_size"),
+        (["trainer.deepspeed.zero_optimization=3"],
+         "trainer.deepspeed.zero_optimization=3: expected a mapping"),
     ],
 )
 def test_bad_config_names_the_key(args: list[str], pattern: str) -> None:
@@ -186,3 +193,16 @@ def test_length_method_options_set_what_their_papers_need() -> None:
                  "stop_penalty", "thinkprune"):
         head = (CONF / "length" / f"{name}.yaml").read_text().splitlines()[:2]
         assert f"# grpo run length={name}" in head, name
+
+
+def test_deepspeed_entries_merge_over_the_generated_config() -> None:
+    """trainer.deepspeed adds and replaces single entries; the rest of a section stays."""
+    from grpo_cli.train.engine import ds_config
+
+    cfg, _ = load_run_config(["trainer.zero_stage=3", "trainer.deepspeed={zero_optimization: "
+                              "{stage3_param_persistence_threshold: 0}, steps_per_print: 5}"])
+    ds = ds_config(cfg, 1)
+    assert ds["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 0,
+                                       "stage3_gather_16bit_weights_on_model_save": True}
+    assert ds["steps_per_print"] == 5
+    assert ds["gradient_clipping"] == cfg.trainer.grad_clip
