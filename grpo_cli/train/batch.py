@@ -35,6 +35,17 @@ class Batch:
     vision: list[dict[str, torch.Tensor]] | None = None
     image_token_id: int | None = None
 
+    def to(self, device: torch.device) -> Batch:
+        """The same rows on ``device``. The whole batch stays on the host (its row
+        selection is host work) and each micro-batch moves before its forward pass."""
+        vision = None if self.vision is None else \
+            [{k: v.to(device) for k, v in part.items()} for part in self.vision]
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device),
+                     self.position_ids.to(device), self.completion_ids.to(device),
+                     self.loss_mask.to(device), self.advantages.to(device),
+                     self.sampling_logprobs.to(device), self.prompt_width, vision,
+                     self.image_token_id)
+
 
 def make_batch(
     prompts: list[list[int]], completions: list[Completion], advantages: torch.Tensor,
@@ -126,12 +137,13 @@ def vision_kwargs(parts: list[dict[str, torch.Tensor]], input_ids: torch.Tensor,
 
 @torch.no_grad()
 def logprobs_no_grad(model: Any, b: Batch, micro: int, temperature: float,
-                     by_length: bool) -> torch.Tensor:
-    """Log-probs [N, T] of every row's completion tokens (0 past its end), ``micro`` rows
-    per forward pass (micro-batched as the update is: see :func:`micro_batches`)."""
+                     by_length: bool, device: torch.device) -> torch.Tensor:
+    """Log-probs [N, T] on ``device`` of every row's completion tokens (0 past its end),
+    ``micro`` rows per forward pass (micro-batched as the update is: see
+    :func:`micro_batches`)."""
     out: torch.Tensor | None = None  # [N, T]
     for idx in micro_batches(b, slice(0, len(b.advantages)), micro, by_length):
-        m = take(b, idx, trim=by_length)
+        m = take(b, idx, trim=by_length).to(device)
         logp = forward_logprobs(model, m, temperature, with_entropy=False,
                                 narrow=by_length)[0]  # [n, t]
         if out is None:

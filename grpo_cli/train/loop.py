@@ -230,7 +230,7 @@ def update(x: Setup, batch: Batch, cap: int, tally: Tally) -> dict[str, float]:
     ref_logp = None
     if x.models.reference is not None:
         ref_logp = logprobs_no_grad(x.models.reference, batch, t.micro_batch_size,
-                                    cfg.rollout.temperature, t.group_by_length)
+                                    cfg.rollout.temperature, t.group_by_length, x.d.device)
     stats = train_on_batch(x.models.policy, batch, cfg, cap, x.d, ref_logp)
     tally.bad_updates += int(stats["train/skipped_updates"])
     stats["train/skipped_updates_total"] = float(tally.bad_updates)

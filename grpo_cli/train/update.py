@@ -31,7 +31,7 @@ def train_on_batch(
     old_logp = None  # one update: the ratio is 1 and old log-probs are the detached current
     if t.updates_per_batch > 1:
         old_logp = logprobs_no_grad(policy, b, t.micro_batch_size, cfg.rollout.temperature,
-                                    t.group_by_length)
+                                    t.group_by_length, d.device)
     per_update = len(b.advantages) // t.updates_per_batch
     sums = dict.fromkeys(STAT_KEYS, 0.0)
     grad_norms: list[float] = []
@@ -77,24 +77,23 @@ def micro_step(
 ) -> int:
     """Forward, loss and backward of the rows ``idx`` (DeepSpeed steps at the window's end)."""
     a = cfg.algorithm
-    m = take(b, idx, trim=cfg.trainer.group_by_length)  # [n, P' + T'] rows
+    m = take(b, idx, trim=cfg.trainer.group_by_length).to(d.device)  # [n, P' + T'] rows
     width = m.completion_ids.shape[1]  # T'
-    mask = m.loss_mask.to(d.device)  # [n, T']
+    mask = m.loss_mask  # [n, T']
     logp, entropy = forward_logprobs(policy, m, cfg.rollout.temperature, with_entropy=True,
                                      narrow=cfg.trainer.group_by_length)
     assert entropy is not None
-    old = logp.detach() if old_logp is None else old_logp[idx, :width].to(d.device)
+    old = logp.detach() if old_logp is None else old_logp[idx, :width]  # on the device
     if compare_sampler:  # sampler vs trainer on the same weights: ~0 for hf in fp32
         # generated tokens are where the completion part of the attention mask is 1
-        generated = m.attention_mask[:, m.prompt_width:].float().to(d.device)
-        sampled = m.sampling_logprobs.to(d.device)
-        sums["lp_diff"] += float(((logp.detach() - sampled).abs() * generated).sum())
+        generated = m.attention_mask[:, m.prompt_width:].float()
+        sums["lp_diff"] += float(((logp.detach() - m.sampling_logprobs).abs() * generated).sum())
         sums["lp_tokens"] += float(generated.sum())
     token_loss, clipped = policy_gradient_loss(
-        logp, old, m.advantages.to(d.device), a.clip_ratio_low, a.clip_ratio_high
+        logp, old, m.advantages, a.clip_ratio_low, a.clip_ratio_high
     )  # [n, T] each
     if ref_logp is not None:
-        kl = kl_k3(logp, ref_logp[idx, :width].to(d.device))
+        kl = kl_k3(logp, ref_logp[idx, :width])
         token_loss = token_loss + a.kl_coef * kl
         sums["kl"] += float((kl.detach() * mask).sum())
     num_seqs, num_tokens = counts
