@@ -131,7 +131,56 @@ def load_causal_lm(path: str, cfg: ModelConfig) -> torch.nn.Module:
             )
     except Exception as e:
         raise ConfigError(f"model.path={path}: cannot load model ({e})") from e
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # recompute each layer in backward (train mode only)
+        enable_checkpointing(model)
+    disable_dropout(model)
     model.config.use_cache = True
     return model
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing, non-reentrant (gradients reach every layer whatever needs
+    them): ``activation_checkpointing_enable`` from transformers 5.24, its older name before
+    (the vLLM venv's 5.19)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def disable_dropout(model: torch.nn.Module) -> list[str]:
+    """Set every dropout probability of the model to 0; returns what was changed.
+
+    The policy trains in train mode, which is where transformers checkpoints activations;
+    without dropout that mode computes the same log-probs as the sampler's eval mode (the
+    importance ratio is 1 at the sampling weights). Dropout lives in ``nn.Dropout`` modules,
+    in float attributes that attention passes to its kernel (``attention_dropout``), and in
+    configs read during the forward pass (``*dropout``, ``*_pdrop``)."""
+    from transformers import PretrainedConfig
+
+    changed: list[str] = []
+
+    def is_rate(key: str, value: object) -> bool:
+        return ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float) \
+            and value > 0
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            module.p = 0.0
+            changed.append(name)
+        for key, value in list(vars(module).items()):
+            if is_rate(key, value):
+                setattr(module, key, 0.0)
+                changed.append(f"{name}.{key}")
+    configs = [getattr(model, "config", None)]
+    while configs:
+        config = configs.pop()
+        if not isinstance(config, PretrainedConfig):
+            continue
+        for key, value in list(vars(config).items()):
+            if is_rate(key, value):
+                setattr(config, key, 0.0)
+                changed.append(f"config.{key}")
+            configs.append(value)  # sub-configs (text_config, vision_config)
+    return changed

@@ -125,7 +125,9 @@ def build_models(cfg: RunConfig, inputs: Inputs, d: eng.Dist, run: RunHandle) ->
 
         hf_ds_ref = HfDeepSpeedConfig(ds_cfg)
     policy = eng.make_policy_engine(load_causal_lm(inputs.model_path, cfg.model), cfg, ds_cfg)
-    policy.module.eval()  # no dropout: log-probs must match between sampling and training
+    # Train mode, where transformers checkpoints activations (model.gradient_checkpointing);
+    # dropout is off (models/load.py), so the log-probs are those of the sampler's eval mode.
+    policy.module.train()
     if cfg.trainer.zero_stage == 3:  # how many tensors DeepSpeed really shards (the others
         run.note(zero3_sharded_tensors=eng.sharded_tensors(policy.module))  # stay whole)
     reference = None

@@ -175,22 +175,28 @@ def make_reference_engine(model: torch.nn.Module, config: dict[str, Any]) -> Any
 
 @contextlib.contextmanager
 def gathered(engine: Any, zero_stage: int) -> Iterator[torch.nn.Module]:
-    """The full module for sampling. Under ZeRO-3 every shard is gathered once for the
-    duration and DeepSpeed's module hooks are taken off, so a forward pass is local.
+    """The full module for sampling, in eval mode (the KV cache is on; the policy trains in
+    train mode). Under ZeRO-3 every shard is gathered once for the duration and DeepSpeed's
+    module hooks are taken off, so a forward pass is local.
 
     With the hooks on, each forward re-gathers (or, while DeepSpeed records its trace, checks
     across ranks) per module: collectives that every rank must make in step. Sampling makes
     one forward per decode step and a rank stops when its own rows end, so ranks would make
     different numbers of them and wait for each other forever. TRL's
     ``unwrap_model_for_generation`` takes the same two steps."""
-    if zero_stage != 3:
-        yield engine.module
-        return
-    import deepspeed
+    module, training = engine.module, engine.module.training
+    module.eval()
+    try:
+        if zero_stage != 3:
+            yield module
+            return
+        import deepspeed
 
-    with deepspeed.zero.GatheredParameters(list(engine.module.parameters())), \
-            zero3_hooks_off(engine):
-        yield engine.module
+        with deepspeed.zero.GatheredParameters(list(module.parameters())), \
+                zero3_hooks_off(engine):
+            yield module
+    finally:
+        module.train(training)
 
 
 @contextlib.contextmanager

@@ -235,6 +235,10 @@ SINGLE_RANK = {
                             "algorithm.clip_ratio_high=0.1"],
     "zero2-one-micro": ["trainer.zero_stage=2", "trainer.micro_batch_size=16",
                         "algorithm=dapo"],
+    "checkpointed-two-updates-kl": ["model.gradient_checkpointing=true",
+                                    "trainer.updates_per_batch=2", "algorithm.kl_coef=0.5",
+                                    "algorithm.clip_ratio_low=0.02",
+                                    "algorithm.clip_ratio_high=0.1"],
 }
 
 
