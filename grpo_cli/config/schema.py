@@ -181,9 +181,8 @@ class TrainerConfig:
     # batch, up to 32 (a set value must divide it).
     micro_batch_size: int | None = None
     updates_per_batch: int = 1  # optimiser steps per rollout batch (>1 uses old log-probs)
-    # Micro-batches of rows sorted by length, each cut to its own longest row, and the LM head
-    # on completion positions only: less padding in the forward and backward passes, the
-    # same loss up to the order of float sums.
+    # Micro-batches of rows sorted by length, each cut to its own longest row: less padding
+    # in the forward and backward passes, the same loss up to the order of float sums.
     group_by_length: bool = False
     lr: float = 7e-4
     weight_decay: float = 0.0

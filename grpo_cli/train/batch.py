@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from grpo_cli.algo.losses import gather_token_logprobs, token_logprobs_with_entropy
+from grpo_cli.algo.losses import chunked_logprobs
 from grpo_cli.data.vision import concat_vision
 from grpo_cli.rollout.base import Completion
 
@@ -102,27 +102,25 @@ def take(b: Batch, idx: torch.Tensor, trim: bool) -> Batch:
 
 
 def forward_logprobs(
-    model: Any, b: Batch, temperature: float, with_entropy: bool, narrow: bool = False,
+    model: Any, b: Batch, temperature: float, with_entropy: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [n, T] of the completion tokens (and their entropies) for every row.
 
-    ``narrow``: only the last T + 1 positions go through the LM head (the prompt's logits are
-    unused). The logits are bit-identical to slicing the full ones, but the LM head's
-    gradient then sums over fewer positions, which changes its float rounding; so it comes
-    with ``trainer.group_by_length``, and the default reproduces earlier runs bit for bit.
+    Only the last T + 1 positions go through the LM head (``logits_to_keep``: the prompt's
+    logits are never used), and the fp32 work on the logits runs in blocks
+    (:func:`~grpo_cli.algo.losses.chunked_logprobs`): at a real vocabulary the logits are
+    the largest tensors of the step.
     """
     extra: dict[str, Any] = {"position_ids": b.position_ids}
     if b.vision is not None:
         extra = vision_kwargs(b.vision, b.input_ids, b.image_token_id)
-    if narrow:
-        extra["logits_to_keep"] = b.completion_ids.shape[1] + 1
+    width = b.completion_ids.shape[1]  # T
     logits = model(
-        input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False, **extra,
-    ).logits  # [n, P + T or T + 1, V]
-    logits = logits[:, -b.completion_ids.shape[1] - 1 : -1]  # [n, T, V]: t predicts token t
-    if with_entropy:
-        return token_logprobs_with_entropy(logits, b.completion_ids, temperature)
-    return gather_token_logprobs(logits, b.completion_ids, temperature), None
+        input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False,
+        logits_to_keep=width + 1, **extra,
+    ).logits  # [n, T + 1, V]: position t predicts token t, the last one nothing
+    logp, entropy = chunked_logprobs(logits, b.completion_ids, temperature)
+    return logp, entropy if with_entropy else None
 
 
 def vision_kwargs(parts: list[dict[str, torch.Tensor]], input_ids: torch.Tensor,
@@ -144,8 +142,7 @@ def logprobs_no_grad(model: Any, b: Batch, micro: int, temperature: float,
     out: torch.Tensor | None = None  # [N, T]
     for idx in micro_batches(b, slice(0, len(b.advantages)), micro, by_length):
         m = take(b, idx, trim=by_length).to(device)
-        logp = forward_logprobs(model, m, temperature, with_entropy=False,
-                                narrow=by_length)[0]  # [n, t]
+        logp = forward_logprobs(model, m, temperature, with_entropy=False)[0]  # [n, t]
         if out is None:
             out = logp.new_zeros(b.completion_ids.shape)
         out[idx.to(logp.device), : logp.shape[1]] = logp

@@ -80,8 +80,7 @@ def micro_step(
     m = take(b, idx, trim=cfg.trainer.group_by_length).to(d.device)  # [n, P' + T'] rows
     width = m.completion_ids.shape[1]  # T'
     mask = m.loss_mask  # [n, T']
-    logp, entropy = forward_logprobs(policy, m, cfg.rollout.temperature, with_entropy=True,
-                                     narrow=cfg.trainer.group_by_length)
+    logp, entropy = forward_logprobs(policy, m, cfg.rollout.temperature, with_entropy=True)
     assert entropy is not None
     old = logp.detach() if old_logp is None else old_logp[idx, :width]  # on the device
     if compare_sampler:  # sampler vs trainer on the same weights: ~0 for hf in fp32

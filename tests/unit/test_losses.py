@@ -11,6 +11,8 @@ from grpo_cli.algo.kl import kl_k3
 from grpo_cli.algo.losses import (
     LOSS_AGG_MODES,
     aggregate_loss,
+    chunk_plan,
+    chunked_logprobs,
     gather_token_logprobs,
     policy_gradient_loss,
     token_entropy,
@@ -327,3 +329,70 @@ def test_log_probs_with_entropy_equal_the_two_separate_functions(temperature: fl
                                logits)[0]
     torch.testing.assert_close(logits.grad, want)
     assert torch.equal(logits.detach(), before)
+
+
+def reference_logprobs(logits: torch.Tensor, tokens: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) at the tokens, plain autograd over the first T positions."""
+    x = logits[:, : tokens.shape[1]].float() / temperature
+    return torch.log_softmax(x, -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("budget", [10**9, 33, 7], ids=["one-block", "rows", "positions"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_log_probs_equal_the_plain_formulas(budget: int, temperature: float) -> None:
+    """Blocks of whole rows (budget 33: 3 rows of 1 x 11), of a row's positions (budget 7:
+    smaller than one position's 11 logits, so one position per block) or none: the same
+    log-probs, entropies and gradients; the LM head's extra last position gets gradient 0."""
+    g = torch.Generator().manual_seed(5)
+    logits = (3 * torch.randn(4, 6, 11, generator=g)).requires_grad_()  # T' = T + 1
+    tokens = torch.randint(0, 11, (4, 5), generator=g)
+    weights = torch.randn(4, 5, generator=g)
+    lp, ent = chunked_logprobs(logits, tokens, temperature, budget=budget)
+    want = reference_logprobs(logits, tokens, temperature)
+    torch.testing.assert_close(lp, want)
+    torch.testing.assert_close(ent, token_entropy(logits[:, :5].detach(), temperature))
+    assert not ent.requires_grad
+    (got_grad,) = torch.autograd.grad((lp * weights).sum(), logits)
+    (want_grad,) = torch.autograd.grad((want * weights).sum(), logits)
+    torch.testing.assert_close(got_grad, want_grad)
+    assert torch.equal(got_grad[:, 5], torch.zeros(4, 11))
+
+
+def test_bf16_logits_get_fp32_log_probs_and_bf16_gradients() -> None:
+    """bf16 logits: log-probs computed in float32 (bf16 ones are visibly wrong), the
+    gradient handed back in the logits' dtype, as autograd would."""
+    g = torch.Generator().manual_seed(6)
+    logits = (3 * torch.randn(2, 4, 50, generator=g)).bfloat16().requires_grad_()
+    tokens = torch.randint(0, 50, (2, 3), generator=g)
+    lp, _ = chunked_logprobs(logits, tokens, 0.8, budget=60)
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp, reference_logprobs(logits.detach(), tokens, 0.8))
+    lp.sum().backward()
+    (want,) = torch.autograd.grad(reference_logprobs(logits, tokens, 0.8).sum(), logits)
+    assert logits.grad is not None and logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.grad, want)
+
+
+def test_one_block_is_bit_identical_to_autograd() -> None:
+    """What fits one block (every toy micro-batch) trains exactly as autograd over
+    token_logprobs_with_entropy did: the same bits, forward and backward."""
+    g = torch.Generator().manual_seed(7)
+    logits = (4 * torch.randn(3, 8, 261, generator=g)).requires_grad_()
+    tokens = torch.randint(0, 261, (3, 8), generator=g)
+    weights = torch.randn(3, 8, generator=g)
+    lp, ent = chunked_logprobs(logits, tokens)
+    (got,) = torch.autograd.grad((lp * weights).sum(), logits)
+    ref_lp, ref_ent = token_logprobs_with_entropy(logits, tokens)
+    (want,) = torch.autograd.grad((ref_lp * weights).sum(), logits)
+    assert torch.equal(lp, ref_lp) and torch.equal(ent, ref_ent) and torch.equal(got, want)
+
+
+def test_chunk_plan_covers_every_logit_once_within_the_budget() -> None:
+    for rows, positions, vocab, budget in [(5, 7, 3, 40), (5, 7, 3, 5), (2, 3, 4, 10**6)]:
+        seen = torch.zeros(rows, positions, dtype=torch.int64)
+        for r, c in chunk_plan(rows, positions, vocab, budget):
+            seen[r, c] += 1
+            block = (r.stop - r.start) * (c.stop - c.start) * vocab
+            assert block <= max(budget, vocab)  # one position is the smallest block
+        assert torch.equal(seen, torch.ones_like(seen))
