@@ -126,14 +126,16 @@ def run(
         return
     from grpo_cli import launch
 
-    if launch.needs_launch(run_cfg.trainer, os.environ):  # this process only starts the ranks
+    if not launch.is_rank(os.environ):  # this process starts the trainer and waits for it
         from grpo_cli.telemetry.store import new_run_id, resolve_run_dir, runs_root
 
         run_id = run_cfg.resume or run_cfg.run_id or new_run_id()
+        run_dir = resolve_run_dir(runs_root(run_cfg.runs_dir), run_id)
+        if not launch.needs_launch(run_cfg.trainer, os.environ):  # one rank
+            raise typer.Exit(launch.train_in_child(overrides, run_id, run_dir, debug))
         command = launch.launch_command(run_cfg.trainer, overrides, run_id)
         typer.echo("launching: " + " ".join(command), err=True)
-        code, _ = launch.start_ranks(command, resolve_run_dir(runs_root(run_cfg.runs_dir),
-                                                              run_id))
+        code, _ = launch.start_ranks(command, run_dir)
         raise typer.Exit(code)  # the reason is printed by the launcher
     from grpo_cli.train.loop import train
 

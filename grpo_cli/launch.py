@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,13 @@ LAUNCHERS = ("torchrun", "deepspeed")
 SHUTDOWN_TIMEOUT_S = 60  # after a rank fails, how long the others get to stop before SIGKILL
 # The scheduler's id of the job, the same on every node of it.
 JOB_ID_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "FLUX_JOB_ID")
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, so parallel single-process runs never collide."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def is_rank(env: Mapping[str, str]) -> bool:
@@ -117,12 +125,24 @@ def launch_command(t: TrainerConfig, args: Sequence[str], run_id: str,
     return [*cmd, *child]
 
 
+def die_with_parent() -> None:
+    """In the child, before it runs: the kernel sends it SIGKILL when this process dies (kill
+    -9 of ``grpo run`` must not leave a trainer running with no one to report on it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+
 def run_launcher(cmd: list[str], env: Mapping[str, str] | None = None) -> int:
     """Run the launcher in the foreground; SIGTERM / Ctrl-C are passed on, so the ranks stop
     the way a single process would (finish the step, checkpoint if asked, exit 143 / 130).
     SIGUSR2, the warning SLURM sends before a time limit or preemption when asked to
     (submitit asks for it), is passed on as SIGTERM: the ranks save before the kill."""
-    proc = subprocess.Popen(cmd, env=dict(env) if env is not None else None)
+    proc = subprocess.Popen(cmd, env=dict(env) if env is not None else None,
+                            preexec_fn=die_with_parent)
 
     def forward(signum: int, frame: object) -> None:
         proc.send_signal(signal.SIGTERM if signum == signal.SIGUSR2 else signum)
@@ -150,6 +170,33 @@ def start_ranks(cmd: list[str], run_dir: Path) -> tuple[int, str]:
     reason = reason or f"the ranks exited with code {code}"
     record_failure(run_dir, reason)
     return code, reason
+
+
+def train_in_child(args: Sequence[str], run_id: str, run_dir: Path, debug: bool) -> int:
+    """``grpo run ARGS`` with one rank: the trainer runs in a child process and this one
+    waits for it, so a trainer the kernel kills (its out-of-memory killer sends SIGKILL, which
+    no process can catch) is still recorded: meta.json says ``failed`` and why, where it would
+    otherwise say ``running`` forever. Returns the exit code (128 + signal when killed)."""
+    pinned = pinned_id(args) is not None
+    cmd = [sys.executable, "-m", "grpo_cli", "run", *(["--debug"] if debug else []), *args,
+           *([] if pinned else [f"run_id={run_id}"])]
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    code = run_launcher(cmd, env)
+    if code >= 0:  # it ended by itself (and said why) or was stopped by a forwarded signal
+        return code
+    reason = killed_message(-code)
+    print(f"error: {reason}", file=sys.stderr, flush=True)
+    record_failure(run_dir, reason)
+    return 128 - code
+
+
+def killed_message(signum: int) -> str:
+    name = signal.Signals(signum).name
+    why = (" (what the kernel's out-of-memory killer sends when host memory runs out: lower "
+           "trainer.micro_batch_size or rollout.micro_batch_size)"
+           if signum == signal.SIGKILL else "")
+    return f"the trainer was killed by {name}{why}; the run is failed"
 
 
 def record_failure(run_dir: Path, reason: str) -> None:

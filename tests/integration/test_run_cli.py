@@ -167,6 +167,34 @@ def test_signal_finishes_the_step_checkpoints_and_resumes(runs_dir: Path, sig: s
     assert [m["step"] for m in read_metrics(runs_dir / "sig")] == list(range(len(steps) + 2))
 
 
+def test_a_trainer_the_kernel_kills_is_recorded_as_failed(runs_dir: Path) -> None:
+    """SIGKILL (what the out-of-memory killer sends) reaches the trainer, not `grpo run`,
+    and cannot be caught: the waiting `grpo run` says what happened, records the run as
+    failed with the reason, and exits 137. `grpo ls` then shows it failed, not running."""
+    import signal
+    import time
+
+    from grpo_cli.elastic import child_pids
+
+    proc = start_grpo(runs_dir, "run", *TINY, "trainer.steps=500", "max_len=16",
+                      "logger.wandb.mode=disabled", "run_id=oom",
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics = runs_dir / "oom" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text()):
+        time.sleep(0.2)
+    (trainer,) = child_pids(proc.pid)
+    os.kill(trainer, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 137, err[-2000:]
+    assert "error: the trainer was killed by SIGKILL (what the kernel's out-of-memory killer " \
+           "sends" in err
+    meta = json.loads((runs_dir / "oom" / "meta.json").read_text())
+    assert meta["status"] == "failed" and "killed by SIGKILL" in meta["error"]
+    listed = run_grpo(runs_dir, "ls")
+    assert "oom" in listed.stdout and "failed" in listed.stdout, listed.stdout
+
+
 def test_interrupt_without_saving_says_it_cannot_resume(runs_dir: Path) -> None:
     """trainer.save_on_interrupt=false: the exit says there is nothing to resume, and
     `resume=` is refused naming the key that would have saved one."""

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from grpo_cli.elastic import process_parents
+from grpo_cli.launch import free_port
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
-from grpo_cli.train.engine import free_port
 from tests.helpers import TINY, run_grpo, start_grpo
 
 STEPS = 5
