@@ -84,11 +84,14 @@ def finished_vllm_run(runs_dir: Path, *args: str) -> Path:
     return only_run(runs_dir)
 
 
-def tiny_engine(stage: int, lr: float, hidden: int = 8, warmup_steps: int = 0) -> Any:
-    """A real DeepSpeed engine (CPU, gloo, one rank) on a 4 -> hidden -> 1 MLP, seeded."""
+def tiny_engine(stage: int, lr: float, hidden: int = 8, warmup_steps: int = 0,
+                dtype: str = "float32") -> Any:
+    """A real DeepSpeed engine (CPU, gloo, one rank) on a 4 -> hidden -> 1 MLP, seeded,
+    configured by the project's own ds_config."""
     import torch
 
     from grpo_cli.config.schema import RunConfig
+    from grpo_cli.models.load import DTYPES
     from grpo_cli.train import engine as eng
 
     eng.init_distributed()
@@ -96,9 +99,10 @@ def tiny_engine(stage: int, lr: float, hidden: int = 8, warmup_steps: int = 0) -
     cfg.trainer.zero_stage, cfg.trainer.lr = stage, lr
     cfg.trainer.warmup_steps = warmup_steps
     cfg.trainer.prompts_per_step, cfg.rollout.n, cfg.trainer.micro_batch_size = 1, 2, 2
+    cfg.model.dtype = dtype
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.Linear(hidden, 1))
-    return eng.make_policy_engine(model, cfg, eng.ds_config(cfg, 1))
+    return eng.make_policy_engine(model.to(DTYPES[dtype]), cfg, eng.ds_config(cfg, 1))
 
 
 def gaps(run: Path) -> list[float]:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_cli.errors import RolloutOutOfMemory
+from grpo_cli.errors import ConfigError, RolloutOutOfMemory
 from grpo_cli.rollout.base import Completion, RolloutRequest, RolloutResult
 
 Weights = Callable[[], Iterable[tuple[str, torch.Tensor]]]
@@ -204,6 +204,20 @@ def engine_settings(platform: str, *, sequences: int, max_model_len: int,
                           "rollouts (rollout.sleep_level)")
 
 
+def gpu_share_problem(free: int, total: int, share: float) -> str | None:
+    """Why vLLM would refuse to start, or None: it takes ``share`` of the whole GPU and
+    insists that much is free. It starts after the DeepSpeed engines (weights, optimiser
+    states), which already hold their part."""
+    want = share * total
+    if want <= free:
+        return None
+    fits = math.floor(free / total * 0.95 * 100) / 100  # a margin for vLLM's own start-up
+    return (f"rollout.gpu_memory_utilization={share:g} asks vLLM for {want / 2**30:.1f} GiB of "
+            f"this GPU's {total / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB are free once the "
+            f"training engines are built; set it to {fits:g} or less, or shard training with "
+            "trainer.zero_stage=3")
+
+
 # vLLM warnings that this module makes untrue: the tied head and the rotary tables load no
 # weights on reload (the head is repacked by repack_shared_weights), and torch.set_num_threads
 # is given back to training after start-up.
@@ -276,8 +290,7 @@ class VLLMRollout:
         self.gpu_memory_utilization = gpu_memory_utilization  # for the out-of-memory advice
         self.reload_in_place = reload_in_place
         self.loaded_version: int | None = 0  # the engine starts from the checkpoint's weights
-        if sleep_level:
-            self.llm.sleep(level=sleep_level)
+        self._sleep()
 
     @classmethod
     def create(cls, model_path: str, dtype: str, max_model_len: int, seed: int, *,
@@ -285,6 +298,12 @@ class VLLMRollout:
                **kwargs: Any) -> VLLMRollout:
         """Start the engine inside this training process."""
         quiet_vllm_logs()
+        if torch.cuda.is_available():  # the DeepSpeed engines are built: what is left?
+            torch.cuda.empty_cache()
+            free, total = torch.cuda.mem_get_info()
+            share = settings.kwargs.get("gpu_memory_utilization")
+            if share is not None and (problem := gpu_share_problem(free, total, share)):
+                raise ConfigError(problem)
         from vllm import LLM
 
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process worker
@@ -339,11 +358,7 @@ class VLLMRollout:
         from vllm import SamplingParams
 
         start = time.perf_counter()
-        if self.sleep_level:
-            self.llm.wake_up(tags=["weights"])
-        self._sync_weights()
-        if self.sleep_level:
-            self.llm.wake_up(tags=["kv_cache"])
+        self._wake()
         # One SamplingParams per prompt, seeded from (request seed, prompt): reproducible, and
         # unrelated across prompts and ranks (vLLM gives sample j of a prompt seed + j).
         prompts = vllm_prompts(request, self.image_token_id, self.mm_processor_kwargs)
@@ -359,9 +374,30 @@ class VLLMRollout:
                                                  request.max_new_tokens, request.n,
                                                  self.gpu_memory_utilization) from e
         completions = completions_from_outputs(outputs[mine], request.n)
-        if self.sleep_level:
-            self.llm.sleep(level=self.sleep_level)
+        self._sleep()
         return RolloutResult(completions, {"rollout_s": time.perf_counter() - start})
+
+    # --- sleep mode (CUDA) ----------------------------------------------------------------
+    def _sleep(self) -> None:
+        """Give the GPU memory back to training. Level 1 offloads the weights to host memory;
+        level 2 drops them, so the next rollout must push them again whatever the version."""
+        if not self.sleep_level:
+            return
+        self.llm.sleep(level=self.sleep_level)
+        if self.sleep_level == 2:
+            self.loaded_version = None
+
+    def _wake(self) -> None:
+        """Weights back (and pushed if they changed or were dropped), then the KV cache. The
+        allocator first returns the training step's cached blocks: vLLM's wake-up allocates
+        outside torch's caching allocator and cannot use them."""
+        if self.sleep_level:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.llm.wake_up(tags=["weights"])
+        self._sync_weights()
+        if self.sleep_level:
+            self.llm.wake_up(tags=["kv_cache"])
 
     def _pool(self, local: list[Any]) -> tuple[list[Any], slice]:
         """Tensor parallel: every rank of the engine submits the group's requests together

@@ -124,6 +124,10 @@ def build_models(cfg: RunConfig, inputs: Inputs, d: eng.Dist, run: RunHandle) ->
         from transformers.integrations import HfDeepSpeedConfig
 
         hf_ds_ref = HfDeepSpeedConfig(ds_cfg)
+    if ds_cfg["zero_optimization"]["stage"] != cfg.trainer.zero_stage:
+        run.announce(zero_stage="model.dtype=bfloat16: gradients accumulate in fp32, which "
+                     "DeepSpeed does from ZeRO stage 1 on, so trainer.zero_stage=0 runs as "
+                     "stage 1 (the same memory on one rank)")
     policy = eng.make_policy_engine(load_causal_lm(inputs.model_path, cfg.model), cfg, ds_cfg)
     # Train mode, where transformers checkpoints activations (model.gradient_checkpointing);
     # dropout is off (models/load.py), so the log-probs are those of the sampler's eval mode.

@@ -32,12 +32,13 @@ COMPLETE = "complete.json"
 
 def _deepspeed_safe_globals() -> list[Any]:
     """Classes DeepSpeed pickles into ZeRO 0-3 optimiser states (found by loading real
-    checkpoints with ``weights_only=True``); plain data, no code runs when they load."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    checkpoints with ``weights_only=True``); plain data, no code runs when they load. fp16
+    optimisers keep their ``DynamicLossScaler`` (the current scale, the overflow counters)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [LossScaler, ZeroStageEnum, fragment_address]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 class SafeCheckpointEngine:

@@ -38,3 +38,31 @@ def test_ranks_whose_rows_end_at_different_steps_finish(grpo, runs_dir: Path) ->
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [0, 1, 2]
     assert "val/length/mean" in metrics[2]
+
+
+def test_bf16_trains_on_one_rank_and_on_two_sharded_ranks(grpo, tmp_path: Path) -> None:
+    """bf16 on the CPU: one rank (DeepSpeed's bf16 optimizer, stage 1, said in meta.json:
+    stage 0 would sum gradients in bf16) and two ranks at ZeRO-3 with every tensor sharded,
+    two updates per batch and KL (the reference sharded too). Both finish with finite
+    losses that moved the policy."""
+    from tests.helpers import run_grpo
+
+    cases = {"one": ["trainer.updates_per_batch=2", "trainer.micro_batch_size=2"],
+             "two": [*ZERO3_SHARDED, "trainer.gpus=2", "trainer.updates_per_batch=2",
+                     "trainer.micro_batch_size=2",
+                     "algorithm.kl_coef=0.1"]}
+    for name, extra in cases.items():
+        runs = tmp_path / name
+        res = run_grpo(runs, "run", *TINY, *extra, "model.dtype=bfloat16", "trainer.steps=2",
+                       "max_len=24", "trainer.val_every=0", "logger.wandb.mode=disabled",
+                       timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        run = only_run(runs)
+        meta = json.loads((run / "meta.json").read_text())
+        assert meta["status"] == "completed"
+        assert ("runs as stage 1" in meta.get("zero_stage", "")) == (name == "one")
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        for m in metrics:
+            assert np.isfinite(m["loss/pg"]) and np.isfinite(m["policy/entropy"])
+            assert m["train/skipped_updates"] == 0
+        assert metrics[1]["policy/clip_frac"] > 0 or metrics[1]["loss/pg"] != 0

@@ -45,12 +45,13 @@ class _Exploit:
         return (Path.touch, (self.marker,))
 
 
-def _engine(stage: int) -> Any:
-    return tiny_engine(stage, lr=0.05, warmup_steps=4)  # a scheduler whose state matters
+def _engine(stage: int, dtype: str = "float32") -> Any:
+    return tiny_engine(stage, lr=0.05, warmup_steps=4, dtype=dtype)  # a scheduler's state too
 
 
 def _train_step(engine: Any, x: torch.Tensor) -> None:
-    engine.backward(engine(x).pow(2).sum(), scale_wrt_gas=False)
+    out = engine(x.to(next(engine.module.parameters()).dtype))
+    engine.backward(out.float().pow(2).sum(), scale_wrt_gas=False)
     eng.optimizer_step(engine)
 
 
@@ -59,14 +60,16 @@ def _weights(engine: Any, stage: int) -> list[torch.Tensor]:
         return [p.detach().clone() for p in module.parameters()]
 
 
-@pytest.mark.parametrize("stage", [0, 2, 3])
+@pytest.mark.parametrize(("stage", "dtype"), [(0, "float32"), (2, "float32"), (3, "float32"),
+                                              (0, "bfloat16"), (3, "bfloat16")])
 def test_deepspeed_checkpoint_round_trip_loads_with_weights_only(tmp_path: Path,
-                                                                 stage: int) -> None:
+                                                                 stage: int, dtype: str) -> None:
     """Save after one step, train on, load: weights and optimiser state are back (the next
     step from the loaded state equals the next step from the saved one), and every file was
-    read by ``torch.load(weights_only=True)``."""
+    read by ``torch.load(weights_only=True)``. bf16 at stage 0 runs DeepSpeed's bf16
+    optimizer (stage 1: fp32 gradient accumulation), whose state is another layout."""
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
-    engine = _engine(stage)
+    engine = _engine(stage, dtype)
     _train_step(engine, x)
     save(engine, tmp_path, 1, {"sampler": {"pos": 3}}, is_main=True)
     _train_step(engine, x)
@@ -104,3 +107,24 @@ def test_a_checkpoint_holding_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
     torch.load(shard, weights_only=False)  # the file really was dangerous
     assert marker.exists()
+
+
+def test_an_fp16_loss_scaler_loads_with_weights_only(tmp_path: Path) -> None:
+    """fp16 optimisers save their DynamicLossScaler (DeepSpeed's fp16 needs a GPU, so the
+    object is saved here as they save it). It is plain data and must load; a class that is
+    not allowed is still refused."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+
+    from grpo_cli.train.checkpoint import SafeCheckpointEngine
+
+    scaler = DynamicLossScaler(init_scale=2**16, scale_window=1000, min_scale=1,
+                               delayed_shift=2, consecutive_hysteresis=False)
+    scaler.cur_scale, scaler.cur_iter = 2.0**11, 417  # a state worth restoring
+    path = tmp_path / "optim_states.pt"
+    torch.save({"optimizer_state_dict": {"loss_scaler": scaler, "overflow": False}}, path)
+    loaded = SafeCheckpointEngine(None).load(str(path))["optimizer_state_dict"]["loss_scaler"]
+    assert isinstance(loaded, DynamicLossScaler)
+    assert (loaded.cur_scale, loaded.cur_iter, loaded.dtype) == (2.0**11, 417, torch.float16)
+    torch.save({"x": _Exploit(tmp_path / "pwned")}, path)
+    with pytest.raises(UnsafeCheckpoint):
+        SafeCheckpointEngine(None).load(str(path))

@@ -138,3 +138,63 @@ def test_without_vllm_the_backend_is_refused(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr("grpo_cli.rollout.vllm_platform", lambda: None)
     with pytest.raises(ConfigError, match="rollout.backend=vllm needs vLLM"):
         load_run_config(["rollout=vllm"])
+
+
+class SleepingEngine:
+    """Stands in for vLLM's GPU engine, whose sleep mode exists only on CUDA: level 1 keeps
+    the weights (offloaded), level 2 drops them; ``valid`` says whether the engine holds the
+    pushed weights."""
+
+    def __init__(self) -> None:
+        self.valid, self.pushes, self.calls = True, 0, []
+
+    def sleep(self, level: int) -> None:
+        self.calls.append(f"sleep{level}")
+        if level == 2:
+            self.valid = False
+
+    def wake_up(self, tags: list[str]) -> None:
+        self.calls.append("wake_" + "_".join(tags))
+
+    def apply_model(self, fn) -> None:  # noqa: ANN001
+        self.pushes += 1
+        self.valid = True
+
+    def reset_prefix_cache(self) -> None: ...
+
+    @property
+    def llm_engine(self):  # noqa: ANN201
+        return self
+
+    def reset_encoder_cache(self) -> None: ...
+
+
+@pytest.mark.parametrize(("level", "pushes"), [(1, 0), (2, 3)])
+def test_level_2_sleep_pushes_the_weights_after_every_wake_up(level: int, pushes: int) -> None:
+    """Level 2 drops the weights at creation and after each rollout: every rollout must push
+    them, also at step 0 and when no optimiser step came between two rollouts (the probe,
+    then the step's sampling). Level 1 keeps them: no push until they change."""
+    from grpo_cli.rollout.vllm import VLLMRollout
+
+    llm = SleepingEngine()
+    rollout = VLLMRollout(llm, [0], weights=lambda: iter(()), weights_version=lambda: 0,
+                          sleep_level=level)
+    assert llm.calls == [f"sleep{level}"]
+    for _ in range(3):  # three rollouts at the same weights version
+        rollout._wake()
+        assert llm.valid, "sampled from weights the engine dropped"
+        rollout._sleep()
+    assert llm.pushes == pushes
+    assert llm.calls[1:4] == ["wake_weights", "wake_kv_cache", f"sleep{level}"]
+
+
+def test_vllm_share_of_the_gpu_must_be_free_when_it_starts() -> None:
+    from grpo_cli.rollout.vllm import gpu_share_problem
+
+    GiB = 2**30
+    assert gpu_share_problem(60 * GiB, 80 * GiB, 0.5) is None
+    problem = gpu_share_problem(30 * GiB, 80 * GiB, 0.5)
+    assert problem is not None and problem.startswith(
+        "rollout.gpu_memory_utilization=0.5 asks vLLM for 40.0 GiB of this GPU's 80.0 GiB, "
+        "but 30.0 GiB are free")
+    assert "set it to 0.35 or less" in problem
