@@ -35,7 +35,8 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def child(shape: str, rows: int, prompt: int, completion: int) -> dict[str, float]:
+def child(shape: str, rows: int, prompt: int, completion: int,
+          device: str = "cpu") -> dict[str, float]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -47,14 +48,22 @@ def child(shape: str, rows: int, prompt: int, completion: int) -> dict[str, floa
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_attention_heads=heads,
                          num_key_value_heads=kv, intermediate_size=inter, num_hidden_layers=2,
                          tie_word_embeddings=True, max_position_embeddings=4096)
-    model = LlamaForCausalLM(config).train()
+    model = LlamaForCausalLM(config).train().to(device)
     comps = [Completion(0, i, torch.randint(0, vocab, (completion,)).tolist(),
                         [0.0] * completion, "length") for i in range(rows)]
-    batch = make_batch([list(range(prompt))] * rows, comps, torch.ones(rows), 0, False)
-    before = rss_mib()
+    batch = make_batch([list(range(prompt))] * rows, comps, torch.ones(rows), 0,
+                       False).to(torch.device(device))
+    if device == "cuda":  # the allocator's own count: exact, and what fits on the GPU
+        before = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        before = rss_mib()
     logp, entropy = forward_logprobs(model, batch, 1.0, with_entropy=True)
     logp.sum().backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
     logits_mib = rows * (completion + 1) * vocab * 4 / 2**20  # one fp32 copy, completion only
     return {"peak_over_start_mib": peak - before, "fp32_logits_copy_mib": logits_mib}
 
@@ -62,20 +71,23 @@ def child(shape: str, rows: int, prompt: int, completion: int) -> dict[str, floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs=4, metavar=("SHAPE", "ROWS", "PROMPT", "COMPLETION"))
+    ap.add_argument("--device", default="cpu", help="cpu (peak RSS) or cuda (peak allocated)")
     args = ap.parse_args()
     if args.child:
         shape, rows, prompt, completion = args.child
-        print(json.dumps(child(shape, int(rows), int(prompt), int(completion))))
+        print(json.dumps(child(shape, int(rows), int(prompt), int(completion), args.device)))
         return
     cases = [("smollm2-135m", 32, 48, 256), ("smollm2-135m", 8, 48, 256),
              ("qwen2.5-0.5b", 8, 48, 256)]
-    print("\n### Peak memory of one training micro-step (host, fp32)\n")
+    where = "GPU, torch.cuda.max_memory_allocated" if args.device == "cuda" else "host, RSS"
+    print(f"\n### Peak memory of one training micro-step ({where}, fp32)\n")
     print("| model shape | rows x (prompt + completion) | one fp32 logits copy | peak over start |"
           " copies |")
     print("| --- | --- | --- | --- | --- |")
     for shape, rows, prompt, completion in cases:
         out = subprocess.run([sys.executable, __file__, "--child", shape, str(rows), str(prompt),
-                              str(completion)], capture_output=True, text=True, check=True)
+                              str(completion), "--device", args.device],
+                             capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         copies = r["peak_over_start_mib"] / r["fp32_logits_copy_mib"]
         print(f"| {shape} | {rows} x ({prompt} + {completion}) | "

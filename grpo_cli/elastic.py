@@ -98,6 +98,24 @@ def rendezvous_message(args: Any, error: BaseException) -> str:
             f"failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
 
 
+def known_options(argv: list[str]) -> list[str]:
+    """``argv`` without the ``--name=value`` options this torch's torchrun does not have.
+
+    ``--shutdown_timeout`` (how long the other ranks get after one fails) is newer than
+    torch 2.11, which GPU images still ship; there torchrun's own 30 s apply. Everything after
+    the first non-option (the module and its arguments) is passed as it is."""
+    from torch.distributed.run import get_args_parser
+
+    have = get_args_parser()._option_string_actions
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            return out + argv[i:]
+        if arg.split("=", 1)[0] in have:
+            out.append(arg)
+    return out
+
+
 def report(line: str) -> None:
     print(f"error: {line}", file=sys.stderr, flush=True)
     if path := os.environ.get(FAILURE_FILE_ENV):
@@ -117,7 +135,7 @@ def main(argv: Sequence[str]) -> int:
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
 
-    args = parse_args(list(argv))
+    args = parse_args(known_options(list(argv)))
     # torchrun handles only what we do not: SIGTERM and SIGINT stay with Forward.
     args.signals_to_handle = "SIGHUP,SIGQUIT"
     forward = Forward()

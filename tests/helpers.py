@@ -105,6 +105,35 @@ def tiny_engine(stage: int, lr: float, hidden: int = 8, warmup_steps: int = 0,
     return eng.make_policy_engine(model.to(DTYPES[dtype]), cfg, eng.ds_config(cfg, 1))
 
 
+# Qwen2.5-0.5B's shape (its config.json), for runs that need real sizes without a download.
+QWEN2_5_0_5B = {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+                "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+                "tie_word_embeddings": True, "max_position_embeddings": 4096}
+
+
+def random_model(out: Path, **shape: Any) -> Path:
+    """A random-init Qwen2 in ``out``: the toy's config with ``shape`` changed (real sizes
+    need no download), the toy's tokenizer and generation config. Sampled ids past the
+    tokenizer's 261 tokens decode to nothing; the model embeds and scores them as any."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from grpo_cli.config.schema import TOY
+    from grpo_cli.models.load import resolve_model_path
+
+    toy = Path(resolve_model_path(TOY))
+    config = AutoConfig.from_pretrained(toy, **shape)
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = ["full_attention"] * config.num_hidden_layers
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(toy).save_pretrained(out)
+    shutil.copy(toy / "generation_config.json", out / "generation_config.json")
+    return out
+
+
 def gaps(run: Path) -> list[float]:
     """Each step's sampler vs trainer log-prob gap."""
     return [m["rollout/logprob_diff"] for m in read_metrics(run)]

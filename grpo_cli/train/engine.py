@@ -220,6 +220,19 @@ def zero3_hooks_off(engine: Any) -> Iterator[None]:
         offload._register_deepspeed_module(root)
 
 
+def reset_peak_memory(d: Dist) -> None:
+    if d.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(d.device)
+
+
+def peak_memory(d: Dist) -> dict[str, float]:
+    """``perf/gpu_peak_gib``: the most GPU memory torch held at once since the step began
+    (its probe, sampling and update; vLLM's own pool is not torch's). Nothing on the CPU."""
+    if d.device.type != "cuda":
+        return {}
+    return {"perf/gpu_peak_gib": torch.cuda.max_memory_allocated(d.device) / 2**30}
+
+
 def sharded_tensors(module: torch.nn.Module) -> int:
     """Parameters ZeRO-3 holds as shards. Those under ``stage3_param_persistence_threshold``
     elements (1e5 by default) stay whole on every rank and never need gathering."""

@@ -105,10 +105,12 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
              bad_rows=prompts.bad_rows)
     sampler = PromptSampler(len(prompts.prompt_ids), cfg.seed, cfg.data.shuffle)
     x = Setup(cfg, d, run, inputs, build_models(cfg, inputs, d, run))
-    run.note(torch_threads=torch.get_num_threads())  # what training runs with, engine started
+    # what training runs with, engines started
+    run.note(torch_threads=torch.get_num_threads(), device=str(d.device))
     start = resume(x, sampler) if cfg.resume else 0
     tally = Tally(clip_ratios=clip_history(x, start))
     for step in run.progress(range(start, t.steps)):
+        eng.reset_peak_memory(d)
         val_metrics = probe(x, step)
         step_start = time.perf_counter()
         cap = step_cap(cfg, step, tally)
@@ -123,7 +125,7 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
         train_start = time.perf_counter()
         train_stats = update(x, batch, cap, tally)
         timings = {"perf/rollout_s": train_start - step_start,
-                   "perf/train_s": time.perf_counter() - train_start}
+                   "perf/train_s": time.perf_counter() - train_start, **eng.peak_memory(d)}
         log_step(x, step, cap, rollouts, scored, adv, train_stats, val_metrics, timings,
                  step_start, tally)
         checkpoint(x, step, sampler, stop)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from grpo_cli.config.schema import ModelConfig
+from tests.helpers import random_model
 
 ONE_STEP = ["trainer.steps=1", "trainer.prompts_per_step=4", "rollout.n=4", "max_len=32",
             "logger.wandb.mode=disabled", "logger.progress=false", "trainer.val_every=0",
@@ -65,22 +66,21 @@ def test_checkpointing_stores_a_fraction_of_the_activations(monkeypatch: pytest.
         assert m_ckpt[key] == pytest.approx(m_full[key], rel=1e-5), key
 
 
-def random_model(tmp_path: Path, kind: str) -> Path:
+def model_with_dropout(tmp_path: Path, kind: str) -> Path:
     """A random-init model from a real config with dropout everywhere it can have it."""
+    if kind == "qwen2":
+        return random_model(tmp_path / kind, attention_dropout=0.5)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from grpo_cli.models.load import resolve_model_path
 
-    toy = resolve_model_path("toy")
-    if kind == "qwen2":
-        config = AutoConfig.from_pretrained(toy, attention_dropout=0.5)
-    else:  # GPT-2's residual, embedding and attention dropout
-        config = AutoConfig.for_model("gpt2", n_embd=32, n_layer=2, n_head=2, vocab_size=261,
-                                      resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3)
+    # GPT-2's residual, embedding and attention dropout
+    config = AutoConfig.for_model("gpt2", n_embd=32, n_layer=2, n_head=2, vocab_size=261,
+                                  resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3)
     torch.manual_seed(0)
     out = tmp_path / kind
     AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(toy).save_pretrained(out)
+    AutoTokenizer.from_pretrained(resolve_model_path("toy")).save_pretrained(out)
     return out
 
 
@@ -90,7 +90,7 @@ def test_train_mode_has_no_dropout(tmp_path: Path, kind: str) -> None:
     in eval mode: the same logits twice (no random masks) and the same as eval's."""
     from grpo_cli.models.load import load_causal_lm
 
-    model = load_causal_lm(str(random_model(tmp_path, kind)),
+    model = load_causal_lm(str(model_with_dropout(tmp_path, kind)),
                            ModelConfig(gradient_checkpointing=True))
     ids = torch.randint(0, 261, (2, 12))
     model.train()

@@ -84,3 +84,21 @@ def test_a_finished_run_or_another_nodes_candidate_is_left_alone(tmp_path: Path)
     assert read_meta(tmp_path / "done") == {"status": "completed"}
     record_failure(tmp_path / "never-created", "x")  # another node's rank 0 owns the run
     assert not (tmp_path / "never-created").exists()
+
+
+def test_options_this_torchrun_lacks_are_dropped_and_the_command_kept() -> None:
+    """torch 2.11's torchrun has no --shutdown_timeout (GPU images ship it): options the
+    installed torchrun does not know are left out; the module and its arguments, which
+    follow the first non-option, stay whole."""
+    from grpo_cli.elastic import known_options
+
+    argv = ["--nproc_per_node=2", "--shutdown_timeout=60", "--not_in_any_torchrun=1",
+            "--standalone", "-m", "grpo_cli", "run", "--debug", "trainer.gpus=2"]
+    from torch.distributed.run import get_args_parser
+
+    kept = known_options(argv)
+    assert "--not_in_any_torchrun=1" not in kept
+    assert kept[-5:] == ["-m", "grpo_cli", "run", "--debug", "trainer.gpus=2"]
+    has_timeout = "--shutdown_timeout" in get_args_parser()._option_string_actions
+    assert kept[:-5] == ["--nproc_per_node=2", *(["--shutdown_timeout=60"] if has_timeout
+                                                 else []), "--standalone"]

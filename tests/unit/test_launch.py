@@ -18,8 +18,11 @@ ARGS = ["config=conf/experiment/geo3k_qwen2_5_vl_7b.yaml", "max_len=1024"]
 
 
 def torchrun_args(cmd: list[str]):  # noqa: ANN201 - argparse.Namespace
+    """What elastic.main hands the installed torchrun (its options only)."""
+    from grpo_cli.elastic import known_options
+
     assert cmd[1:3] == ["-m", "grpo_cli.elastic"]  # torchrun's agent, through elastic.main
-    return torchrun.get_args_parser().parse_args(cmd[3:])
+    return torchrun.get_args_parser().parse_args(known_options(cmd[3:]))
 
 
 def test_eight_gpus_on_one_node_with_torchrun() -> None:
