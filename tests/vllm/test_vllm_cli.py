@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
-from tests.helpers import CORRECT, TINY, finished_vllm_run, gaps, run_grpo
+from tests.helpers import CORRECT, TINY, ZERO3_SHARDED, finished_vllm_run, gaps, run_grpo
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -48,10 +48,14 @@ def test_vision_toy_pushes_the_vision_tower_and_drops_old_image_embeddings(
     assert max(gaps(run)) < CORRECT, gaps(run)
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_two_ranks_with_one_engine_each_or_one_shared(runs_dir: Path, tp: int) -> None:
+@pytest.mark.parametrize(("tp", "zero"), [(1, []), (2, []), (1, ZERO3_SHARDED)],
+                         ids=["tp1", "tp2", "tp1-zero3-sharded"])
+def test_two_ranks_with_one_engine_each_or_one_shared(runs_dir: Path, tp: int,
+                                                     zero: list[str]) -> None:
+    """Each rank's engine, or one engine two ranks share, gets every push; at ZeRO-3 with
+    every tensor sharded each pushed tensor is gathered from both ranks while it is read."""
     run = finished_vllm_run(runs_dir, "trainer.gpus=2", f"rollout.tensor_parallel_size={tp}",
-                       "trainer.steps=3", "trainer.val_every=0")
+                       "trainer.steps=3", "trainer.val_every=0", *zero)
     assert [m["step"] for m in read_metrics(run)] == [0, 1, 2]
     assert max(gaps(run)) < CORRECT, gaps(run)
     assert len(read_rollouts(run)) == 3 * 2 * 4  # both ranks' groups in the store

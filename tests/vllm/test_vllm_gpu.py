@@ -11,18 +11,25 @@ from pathlib import Path
 import pytest
 
 from grpo_cli.telemetry.store import read_metrics
-from tests.helpers import CORRECT, finished_vllm_run, gaps
+from tests.helpers import CORRECT, ZERO3_SHARDED, finished_vllm_run, gaps
 
 pytestmark = [pytest.mark.gpu, pytest.mark.vllm, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_sleeping_engine_gets_every_push(runs_dir: Path, zero_stage: int) -> None:
-    run = finished_vllm_run(runs_dir, "max_len=24", f"trainer.zero_stage={zero_stage}",
-                       "trainer.steps=3", "rollout.gpu_memory_utilization=0.3")
+@pytest.mark.parametrize(("zero", "level"), [(["trainer.zero_stage=2"], None),
+                                            (ZERO3_SHARDED, None), (ZERO3_SHARDED, 2)],
+                         ids=["zero2-level1", "zero3-sharded-level1", "zero3-sharded-level2"])
+def test_sleeping_engine_gets_every_push(runs_dir: Path, zero: list[str],
+                                        level: int | None) -> None:
+    """Level 1 (the default) offloads the weights between rollouts, level 2 drops them (then
+    every rollout, step 0 and the probe included, pushes them again); at ZeRO-3 each pushed
+    tensor is gathered on the GPU while vLLM's load_weights reads it."""
+    extra = [] if level is None else [f"rollout.sleep_level={level}"]
+    run = finished_vllm_run(runs_dir, "max_len=24", *zero, *extra, "trainer.steps=3",
+                            "trainer.val_every=1", "rollout.gpu_memory_utilization=0.3")
     meta = json.loads((run / "meta.json").read_text())
     assert meta["vllm_engine"].startswith("vLLM on CUDA: 0.3 of each GPU")
-    assert "sleep level 1" in meta["vllm_engine"]  # the GPU default
+    assert f"sleep level {level or 1}" in meta["vllm_engine"]
     assert max(gaps(run)) < CORRECT, gaps(run)
     print("perf/tokens_per_s", [round(m["perf/tokens_per_s"]) for m in read_metrics(run)])
 
