@@ -42,6 +42,7 @@ Most used keys:
   trainer.rdzv_timeout                 nodes > 1: seconds a node waits for the others (600)
   rollout.drop_finished                hf: rows leave at EOS (true); false: generate
   trainer.group_by_length              micro-batches of similar lengths, less padding
+  trainer.deepspeed                    DeepSpeed entries merged over the generated config
   logger.wandb.mode                    offline (default) | online | disabled
 
 \b
