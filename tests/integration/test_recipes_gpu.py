@@ -40,9 +40,12 @@ def test_recipe_runs_two_steps(name: str, runs_dir: Path) -> None:
     if recipe.rollout.backend == "vllm" and vllm_platform() != "cuda":
         pytest.skip("the recipe samples with vLLM: pip install 'grpo-cli[vllm]'")
     tp = min(int(recipe.rollout.tensor_parallel_size), gpus)
+    # one prompt group per rank: rollout.n rows, which the recipe's micro-batch need not
+    # divide (geo3k: 5 rows, micro-batch 4); null fits the largest that does
     res = run_grpo(runs_dir, "run", f"config=conf/experiment/{name}.yaml",
                    f"trainer.gpus={gpus}", "trainer.steps=2", f"trainer.prompts_per_step={gpus}",
-                   "trainer.updates_per_batch=1", "trainer.val_every=0", "logger.progress=false",
+                   "trainer.updates_per_batch=1", "trainer.micro_batch_size=null",
+                   "trainer.val_every=0", "logger.progress=false",
                    f"rollout.tensor_parallel_size={tp}", env={"HF_HUB_OFFLINE": "1"},
                    timeout=3600)
     assert res.returncode == 0, res.stderr[-4000:]
