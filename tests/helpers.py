@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import subprocess
@@ -76,12 +77,19 @@ def only_run(runs_dir: Path) -> Path:
     return run
 
 
-def finished_vllm_run(runs_dir: Path, *args: str) -> Path:
-    """`grpo run` of the toy's TINY batch with vLLM sampling (ARGS after, so they win); the
-    run's directory once it succeeded."""
-    res = run_grpo(runs_dir, "run", *TINY, "rollout=vllm", *args, timeout=900)
+def finished_run(runs_dir: Path, *args: str, timeout: float = 600) -> Path:
+    """`grpo run ARGS` into an empty ``runs_dir``; the run's directory once it succeeded and
+    says so in meta.json."""
+    res = run_grpo(runs_dir, "run", *args, timeout=timeout)
     assert res.returncode == 0, res.stderr[-4000:]
-    return only_run(runs_dir)
+    run = only_run(runs_dir)
+    assert json.loads((run / "meta.json").read_text())["status"] == "completed"
+    return run
+
+
+def finished_vllm_run(runs_dir: Path, *args: str) -> Path:
+    """`grpo run` of the toy's TINY batch with vLLM sampling (ARGS after, so they win)."""
+    return finished_run(runs_dir, *TINY, "rollout=vllm", *args, timeout=900)
 
 
 def tiny_engine(stage: int, lr: float, hidden: int = 8, warmup_steps: int = 0,

@@ -19,7 +19,15 @@ import numpy as np
 import pytest
 
 from grpo_cli.telemetry.store import read_metrics
-from tests.helpers import QWEN2_5_0_5B, REPO, TINY, ZERO3_SHARDED, only_run, random_model, run_grpo
+from tests.helpers import (
+    QWEN2_5_0_5B,
+    REPO,
+    TINY,
+    ZERO3_SHARDED,
+    finished_run,
+    random_model,
+    run_grpo,
+)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -57,13 +65,10 @@ def summary(name: str, metrics: list[dict]) -> str:
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_toys_train_save_and_resume_on_the_gpu(runs_dir: Path, name: str) -> None:
     args = CASES[name]
-    res = run_grpo(runs_dir, "run", *TINY, *args, "trainer.steps=3", "trainer.save_every=2",
-                   "max_len=24", "trainer.val_every=2", "logger.wandb.mode=disabled",
-                   timeout=900)
-    assert res.returncode == 0, res.stderr[-4000:]
-    run = only_run(runs_dir)
-    meta = json.loads((run / "meta.json").read_text())
-    assert meta["status"] == "completed" and meta["device"] == "cuda:0"
+    run = finished_run(runs_dir, *TINY, *args, "trainer.steps=3", "trainer.save_every=2",
+                       "max_len=24", "trainer.val_every=2", "logger.wandb.mode=disabled",
+                       timeout=900)
+    assert json.loads((run / "meta.json").read_text())["device"] == "cuda:0"
     metrics = read_metrics(run)
     dtype = "bfloat16" if "model.dtype=bfloat16" in args else "float32"
     for m in metrics:
@@ -81,14 +86,12 @@ def test_a_0_5b_model_at_a_1024_cap(tmp_path: Path) -> None:
     """Qwen2.5-0.5B's shape (151,936-token vocabulary, random weights) in bf16, 32
     completions of up to 1,024 tokens per step, gradient checkpointing as the recipes."""
     model = random_model(tmp_path / "model", **QWEN2_5_0_5B)
-    runs = tmp_path / "runs"
-    res = run_grpo(runs, "run", f"model.path={model}", "model.dtype=bfloat16",
-                   "model.gradient_checkpointing=true", "trainer.prompts_per_step=4",
-                   "rollout.n=8", "max_len=1024", "trainer.steps=3", "trainer.val_every=0",
-                   "trainer.lr=1e-6", "logger.progress=false", "logger.wandb.mode=disabled",
-                   timeout=1800)
-    assert res.returncode == 0, res.stderr[-4000:]
-    metrics = read_metrics(only_run(runs))
+    run = finished_run(tmp_path / "runs", f"model.path={model}", "model.dtype=bfloat16",
+                       "model.gradient_checkpointing=true", "trainer.prompts_per_step=4",
+                       "rollout.n=8", "max_len=1024", "trainer.steps=3", "trainer.val_every=0",
+                       "trainer.lr=1e-6", "logger.progress=false", "logger.wandb.mode=disabled",
+                       timeout=1800)
+    metrics = read_metrics(run)
     assert all(np.isfinite(m["loss/pg"]) for m in metrics)
     assert max(m["perf/gpu_peak_gib"] for m in metrics) < 70  # an 80 GB GPU's share
     print(summary("qwen2.5-0.5b-shape bf16 cap 1024", metrics))

@@ -14,21 +14,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tests.helpers import TINY, ZERO3_SHARDED, only_run
+from tests.helpers import TINY, ZERO3_SHARDED, finished_run
 
 TOY_TENSORS = 50  # parameter tensors of the toy Qwen2 (its embedding is tied to the LM head)
 
 
-def test_ranks_whose_rows_end_at_different_steps_finish(grpo, runs_dir: Path) -> None:
+def test_ranks_whose_rows_end_at_different_steps_finish(runs_dir: Path) -> None:
     """With DeepSpeed's hooks on, each decode step re-gathers the shards, and the rank whose
     rows ended first waits in the next collective for the other forever (seen: a hang in
     the first update). Gathered once with the hooks off, both ranks finish, the probe too."""
-    res = grpo("run", *TINY, *ZERO3_SHARDED, "trainer.gpus=2", "trainer.steps=3", "max_len=96",
-               "trainer.val_every=2", "logger.wandb.mode=disabled", timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    run = only_run(runs_dir)
+    run = finished_run(runs_dir, *TINY, *ZERO3_SHARDED, "trainer.gpus=2", "trainer.steps=3",
+                       "max_len=96", "trainer.val_every=2", "logger.wandb.mode=disabled",
+                       timeout=300)
     meta = json.loads((run / "meta.json").read_text())
-    assert meta["status"] == "completed"
     assert meta["zero3_sharded_tensors"] == TOY_TENSORS  # every tensor is sharded
     rows = pd.concat([pd.read_parquet(p) for p in sorted((run / "rollouts").glob("*.parquet"))])
     per_rank = len(rows) // 3 // 2  # rows of one rank in one step (ranks hold blocks)
@@ -45,21 +43,15 @@ def test_bf16_trains_on_one_rank_and_on_two_sharded_ranks(grpo, tmp_path: Path) 
     stage 0 would sum gradients in bf16) and two ranks at ZeRO-3 with every tensor sharded,
     two updates per batch and KL (the reference sharded too). Both finish with finite
     losses that moved the policy."""
-    from tests.helpers import run_grpo
-
     cases = {"one": ["trainer.updates_per_batch=2", "trainer.micro_batch_size=2"],
              "two": [*ZERO3_SHARDED, "trainer.gpus=2", "trainer.updates_per_batch=2",
                      "trainer.micro_batch_size=2",
                      "algorithm.kl_coef=0.1"]}
     for name, extra in cases.items():
-        runs = tmp_path / name
-        res = run_grpo(runs, "run", *TINY, *extra, "model.dtype=bfloat16", "trainer.steps=2",
-                       "max_len=24", "trainer.val_every=0", "logger.wandb.mode=disabled",
-                       timeout=300)
-        assert res.returncode == 0, res.stderr[-3000:]
-        run = only_run(runs)
+        run = finished_run(tmp_path / name, *TINY, *extra, "model.dtype=bfloat16",
+                           "trainer.steps=2", "max_len=24", "trainer.val_every=0",
+                           "logger.wandb.mode=disabled", timeout=300)
         meta = json.loads((run / "meta.json").read_text())
-        assert meta["status"] == "completed"
         assert ("runs as stage 1" in meta.get("zero_stage", "")) == (name == "one")
         metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         for m in metrics:
