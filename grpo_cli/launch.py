@@ -83,6 +83,12 @@ def pinned_id(args: Sequence[str]) -> str | None:
     return given[-1] if given else None
 
 
+def run_args(args: Sequence[str], run_id: str) -> list[str]:
+    """What a started rank gets after ``grpo run``: the user's arguments, and the run id
+    unless the user gave one."""
+    return [*args, *([] if pinned_id(args) is not None else [f"run_id={run_id}"])]
+
+
 def rendezvous_id(args: Sequence[str], env: Mapping[str, str]) -> str:
     """The same string on every node of a run, known before any rank starts."""
     if (given := pinned_id(args)) is not None:
@@ -99,8 +105,7 @@ def launch_command(t: TrainerConfig, args: Sequence[str], run_id: str,
     with several nodes it is this node's candidate, and global rank 0's wins."""
     check(t)
     env = os.environ if env is None else env
-    pinned = pinned_id(args) is not None
-    child = ["-m", "grpo_cli", "run", *args, *([] if pinned else [f"run_id={run_id}"])]
+    child = ["-m", "grpo_cli", "run", *run_args(args, run_id)]
     if t.launcher == "deepspeed":  # the `deepspeed` script, from this interpreter's install
         # --no_local_rank: the ranks read LOCAL_RANK from the environment; `grpo run`
         # takes no --local_rank=N argument
@@ -177,9 +182,8 @@ def train_in_child(args: Sequence[str], run_id: str, run_dir: Path, debug: bool)
     waits for it, so a trainer the kernel kills (its out-of-memory killer sends SIGKILL, which
     no process can catch) is still recorded: meta.json says ``failed`` and why, where it would
     otherwise say ``running`` forever. Returns the exit code (128 + signal when killed)."""
-    pinned = pinned_id(args) is not None
-    cmd = [sys.executable, "-m", "grpo_cli", "run", *(["--debug"] if debug else []), *args,
-           *([] if pinned else [f"run_id={run_id}"])]
+    cmd = [sys.executable, "-m", "grpo_cli", "run", *(["--debug"] if debug else []),
+           *run_args(args, run_id)]
     env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     code = run_launcher(cmd, env)

@@ -203,7 +203,6 @@ def token_logprobs_with_entropy(
     return logp, entropy
 
 
-
 # Elements of [B, T, V] logits that :func:`chunked_logprobs` turns into fp32 at a time:
 # 2**26 is 256 MB (e.g. 5 rows x 257 positions of a 49k vocabulary). The toy's micro-batches
 # fit in one block.
@@ -233,17 +232,19 @@ class _ChunkedLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, logits: torch.Tensor,
-                tokens: torch.Tensor, temperature: float,
-                budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+                tokens: torch.Tensor, temperature: float, budget: int,
+                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         width = tokens.shape[1]  # T; logits may hold more positions after it (ignored)
         logp = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)  # [B, T]
-        entropy, lse = torch.empty_like(logp), torch.empty_like(logp)
+        lse = torch.empty_like(logp)
+        entropy = torch.empty_like(logp) if with_entropy else logp.new_empty(0)
         for rows, cols in chunk_plan(tokens.shape[0], width, logits.shape[-1], budget):
             x = _scaled_float(logits[rows, cols], temperature)  # [b, t, V]
             lse[rows, cols] = torch.logsumexp(x, dim=-1)
             picked = x.gather(-1, tokens[rows, cols].long().unsqueeze(-1)).squeeze(-1)
             logp[rows, cols] = picked - lse[rows, cols]
-            entropy[rows, cols] = _entropy(x, lse[rows, cols])
+            if with_entropy:
+                entropy[rows, cols] = _entropy(x, lse[rows, cols])
         ctx.save_for_backward(logits, tokens, lse)
         ctx.temperature, ctx.budget = temperature, budget
         ctx.mark_non_differentiable(entropy)
@@ -264,7 +265,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
             if ctx.temperature != 1.0:
                 block.div_(ctx.temperature)
             grad[rows, cols] = block
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def chunked_logprobs(
@@ -272,9 +273,11 @@ def chunked_logprobs(
     tokens: torch.Tensor,  # [B, T]
     temperature: float = 1.0,
     budget: int = CHUNK_ELEMENTS,
-) -> tuple[torch.Tensor, torch.Tensor]:  # [B, T] each, float32
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # [B, T] each, float32
     """:func:`token_logprobs_with_entropy` (log-probs with autograd, entropy without) over
-    blocks of at most ``budget`` logits.
+    blocks of at most ``budget`` logits; without ``with_entropy`` (the old and reference
+    log-probs) the entropy is neither computed nor returned.
 
     At a real vocabulary the logits are the largest tensors of a step: 32 rows x 257
     positions x 49,152 is 1.6 GB in fp32. Here the fp32 work on them exists for one block
@@ -287,5 +290,5 @@ def chunked_logprobs(
                          f"{tuple(tokens.shape)}")
     if not temperature > 0:
         raise ValueError(f"temperature={temperature}: must be > 0")
-    logp, entropy = _ChunkedLogprobs.apply(logits, tokens, temperature, budget)
-    return logp, entropy
+    logp, entropy = _ChunkedLogprobs.apply(logits, tokens, temperature, budget, with_entropy)
+    return logp, entropy if with_entropy else None

@@ -149,8 +149,8 @@ def enable_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def disable_dropout(model: torch.nn.Module) -> list[str]:
-    """Set every dropout probability of the model to 0; returns what was changed.
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability of the model to 0.
 
     The policy trains in train mode, which is where transformers checkpoints activations;
     without dropout that mode computes the same log-probs as the sampler's eval mode (the
@@ -159,28 +159,18 @@ def disable_dropout(model: torch.nn.Module) -> list[str]:
     configs read during the forward pass (``*dropout``, ``*_pdrop``)."""
     from transformers import PretrainedConfig
 
-    changed: list[str] = []
+    def zero_rates(obj: object) -> None:
+        for key, value in list(vars(obj).items()):
+            if ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float):
+                setattr(obj, key, 0.0)
 
-    def is_rate(key: str, value: object) -> bool:
-        return ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float) \
-            and value > 0
-
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
             module.p = 0.0
-            changed.append(name)
-        for key, value in list(vars(module).items()):
-            if is_rate(key, value):
-                setattr(module, key, 0.0)
-                changed.append(f"{name}.{key}")
+        zero_rates(module)
     configs = [getattr(model, "config", None)]
     while configs:
         config = configs.pop()
-        if not isinstance(config, PretrainedConfig):
-            continue
-        for key, value in list(vars(config).items()):
-            if is_rate(key, value):
-                setattr(config, key, 0.0)
-                changed.append(f"config.{key}")
-            configs.append(value)  # sub-configs (text_config, vision_config)
-    return changed
+        if isinstance(config, PretrainedConfig):
+            zero_rates(config)
+            configs += vars(config).values()  # sub-configs (text_config, vision_config)

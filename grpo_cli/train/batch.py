@@ -119,8 +119,7 @@ def forward_logprobs(
         input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False,
         logits_to_keep=width + 1, **extra,
     ).logits  # [n, T + 1, V]: position t predicts token t, the last one nothing
-    logp, entropy = chunked_logprobs(logits, b.completion_ids, temperature)
-    return logp, entropy if with_entropy else None
+    return chunked_logprobs(logits, b.completion_ids, temperature, with_entropy=with_entropy)
 
 
 def vision_kwargs(parts: list[dict[str, torch.Tensor]], input_ids: torch.Tensor,

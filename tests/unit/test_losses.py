@@ -357,6 +357,8 @@ def test_chunked_log_probs_equal_the_plain_formulas(budget: int, temperature: fl
     (want_grad,) = torch.autograd.grad((want * weights).sum(), logits)
     torch.testing.assert_close(got_grad, want_grad)
     assert torch.equal(got_grad[:, 5], torch.zeros(4, 11))
+    alone, none = chunked_logprobs(logits, tokens, temperature, budget=budget, with_entropy=False)
+    assert none is None and torch.equal(alone, lp)  # the old and reference log-probs' path
 
 
 def test_bf16_logits_get_fp32_log_probs_and_bf16_gradients() -> None:
