@@ -226,11 +226,15 @@ def reset_peak_memory(d: Dist) -> None:
 
 
 def peak_memory(d: Dist) -> dict[str, float]:
-    """``perf/gpu_peak_gib``: the most GPU memory torch held at once since the step began
-    (its probe, sampling and update; vLLM's own pool is not torch's). Nothing on the CPU."""
+    """``perf/gpu_peak_gib``: the most GPU memory torch held at once on any rank since the
+    step began (its probe, sampling and update; vLLM's own pool is not torch's). A collective
+    on every rank; nothing on the CPU."""
     if d.device.type != "cuda":
         return {}
-    return {"perf/gpu_peak_gib": torch.cuda.max_memory_allocated(d.device) / 2**30}
+    peak = torch.tensor(float(torch.cuda.max_memory_allocated(d.device)), device=d.device)
+    if d.world > 1:
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return {"perf/gpu_peak_gib": float(peak) / 2**30}
 
 
 def sharded_tensors(module: torch.nn.Module) -> int:
