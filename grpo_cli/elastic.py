@@ -68,10 +68,14 @@ class Forward:
 
 def describe_failure(failures: dict[int, Any]) -> tuple[str, int]:
     """One line (and an exit code) for torchrun's ``{global rank: ProcessFailure}``: the rank
-    killed by a signal if one was (the others were stopped because of it), else the first."""
-    def order(item: tuple[int, Any]) -> tuple[int, int, int]:
+    that failed on its own, not one torchrun stopped because of it (SIGTERM, or the exit code
+    a rank stops with). Among those, one killed by a signal (SIGKILL, SIGABRT) if any, else
+    the first. Timestamps are whole seconds, so a rank that aborted and the rank SIGTERMed
+    for it usually tie."""
+    def order(item: tuple[int, Any]) -> tuple[int, int, int, int]:
         rank, f = item
-        return (0 if f.exitcode < 0 else 1, int(f.timestamp), rank)
+        stopped = 1 if f.exitcode in STOPPED_CODES else 0
+        return (stopped, 0 if f.exitcode < 0 else 1, int(f.timestamp), rank)
 
     rank, f = min(failures.items(), key=order)
     if f.exitcode < 0:

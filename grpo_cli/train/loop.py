@@ -67,6 +67,7 @@ def train(cfg: RunConfig, resolved: DictConfig, experiment_text: str | None = No
             run.close("failed")
             raise
     run.close("completed")
+    eng.finish_distributed(d)
     return run.run_id
 
 

@@ -32,6 +32,16 @@ def test_the_rank_killed_by_a_signal_is_named_not_the_ranks_stopped_with_it() ->
     assert code == 1
 
 
+def test_a_rank_that_aborted_is_named_not_the_rank_torchrun_sigtermed_for_it() -> None:
+    # rank 1 aborted ("terminate called ..."); torchrun then SIGTERMed rank 0 in the same
+    # second: the tie on the timestamp must not name rank 0
+    line, code = describe_failure({0: failure(0, -signal.SIGTERM),
+                                   1: failure(1, -signal.SIGABRT)})
+    assert line == ("rank 1 (pid 1001) was killed by SIGABRT; rank 0 stopped with it; "
+                    "the run is failed")
+    assert code == 1
+
+
 def test_a_rank_that_exited_with_an_error_keeps_its_code() -> None:
     line, code = describe_failure({3: failure(1, 2)})
     assert line == "rank 3 (pid 1001) exited with code 2; the run is failed"
