@@ -1,4 +1,5 @@
-"""Group-relative advantages (GRPO, Dr. GRPO, and GFPO's filtered groups). Pure tensor functions.
+"""Group-relative advantages (GRPO, Dr. GRPO, RLOO, and GFPO's filtered groups). Pure tensor
+functions.
 
 Completions of one step are laid out grouped: rows ``g*G .. g*G+G-1`` belong to prompt ``g``.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from grpo_cli.config.schema import GFPO_METRICS
+from grpo_cli.config.schema import ADV_ESTIMATORS, GFPO_METRICS
 
 
 def _grouped(x: torch.Tensor, group_size: int, name: str = "rewards") -> torch.Tensor:
@@ -34,12 +35,20 @@ def group_advantages(
     norm_by_std: bool = True,
     eps: float = 1e-6,
     valid: torch.Tensor | None = None,  # [B] bool; False rows leave the group statistics
+    estimator: str = "grpo",
 ) -> torch.Tensor:  # [B]
-    """GRPO: (R - mean) / (std + eps); Dr. GRPO (``norm_by_std=False``): R - mean.
+    """GRPO: (R - mean) / (std + eps); Dr. GRPO (``norm_by_std=False``): R - mean; RLOO
+    (``estimator="rloo"``, no std): R_i - mean of the group's other members.
 
     The std is the unbiased (Bessel-corrected, n-1) one, as in TRL (``torch.std``) and veRL.
     Dr. GRPO (Liu et al. 2025) drops it because dividing by a small std up-weights groups that
     are almost all right or all wrong.
+
+    RLOO (Ahmadian et al. 2024; OpenRLHF's ``advantage_estimator=rloo``, which Arora & Zanette
+    2025 trained with): the baseline of R_i is (sum_j R_j - R_i) / (G - 1), so the advantage
+    is G / (G - 1) * (R_i - mean). Without the std the reward's scale is kept: a length
+    penalty of weight alpha moves advantages by ~alpha, where GRPO's std division would
+    rescale an all-correct group's length differences to unit size whatever alpha is.
 
     ``valid=False`` rows (e.g. truncated completions that must not count) are left out of their
     group's mean and std and get advantage 0. A group whose valid rewards are all equal, or that
@@ -47,6 +56,12 @@ def group_advantages(
     tested exactly (max == min), so float round-off in the mean cannot turn a constant group into
     spurious +-1 advantages when ``eps`` is small.
     """
+    if estimator not in ADV_ESTIMATORS:
+        raise ValueError(f"algorithm.adv_estimator={estimator!r}: allowed "
+                         f"{', '.join(ADV_ESTIMATORS)}")
+    if estimator == "rloo" and norm_by_std:
+        raise ValueError("algorithm.adv_estimator=rloo: RLOO does not divide by the group "
+                         "std; set algorithm.norm_adv_by_std=false")
     r = _grouped(_as_float(rewards), group_size)  # [g, G]
     if valid is None:
         v = torch.ones_like(r, dtype=torch.bool)  # [g, G]
@@ -66,6 +81,8 @@ def group_advantages(
     if norm_by_std:
         var = (centred**2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)  # [g, 1]
         centred = centred / (var.sqrt() + eps)
+    if estimator == "rloo":  # R_i - (sum - R_i) / (n - 1) = n / (n - 1) * (R_i - mean)
+        centred = centred * count / (count - 1).clamp(min=1)
     return torch.where(informative, centred, torch.zeros_like(centred)).reshape(-1)  # [B]
 
 

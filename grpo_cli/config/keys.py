@@ -47,7 +47,6 @@ FOREIGN: dict[str, str] = {
     "worker.actor.clip_ratio_high": "algorithm.clip_ratio_high",
     "worker.actor.loss_avg_mode": "algorithm.loss_agg_mode",
     "worker.reward.reward_function": "reward.function",
-    "algorithm.adv_estimator": "algorithm=grpo|dapo|dr_grpo (the group option)",
     "algorithm.kl_penalty": "algorithm.kl_coef (k3 KL to the initial policy)",
     "algorithm.use_kl_loss": "algorithm.kl_coef (0 disables KL)",
     "algorithm.kl_loss_coef": "algorithm.kl_coef",

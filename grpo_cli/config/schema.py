@@ -20,6 +20,7 @@ LENGTH_PENALTIES = ("none", "cosine", "kimi", "linear", "shorter_better", "arora
                     "l1_exact", "l1_max")
 SCHEDULE_MODES = ("step", "linear", "adaptive")
 GFPO_METRICS = ("length", "reward_per_token")
+ADV_ESTIMATORS = ("grpo", "rloo")
 # An unset trainer.micro_batch_size: the largest divisor of the per-update batch up to this.
 DEFAULT_MICRO_BATCH = 32
 
@@ -82,6 +83,8 @@ class RolloutConfig:
 @dataclass
 class AlgorithmConfig:
     loss_agg_mode: str = "seq-mean-token-mean"  # | token-mean | seq-mean-token-sum-norm
+    # grpo: R - group mean (over std with norm_adv_by_std) | rloo: R - mean of the others
+    adv_estimator: str = "grpo"
     norm_adv_by_std: bool = True
     adv_eps: float = 1e-6
     kl_coef: float = 0.0  # k3 KL to the frozen initial policy; 0 disables the reference model

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from grpo_cli.config.schema import (
+    ADV_ESTIMATORS,
     DEFAULT_MICRO_BATCH,
     GFPO_METRICS,
     LENGTH_PENALTIES,
@@ -60,6 +61,10 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
 
     _choice("rollout.backend", r.backend, BACKENDS)
     _choice("algorithm.loss_agg_mode", a.loss_agg_mode, LOSS_AGG_MODES)
+    _choice("algorithm.adv_estimator", a.adv_estimator, ADV_ESTIMATORS)
+    _require(a.adv_estimator != "rloo" or not a.norm_adv_by_std,
+             "algorithm.adv_estimator=rloo: RLOO does not divide by the group std; set "
+             "algorithm.norm_adv_by_std=false (or algorithm.adv_estimator=grpo)")
     _choice("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
     _choice("model.dtype", cfg.model.dtype, DTYPES)
     _choice("data.on_bad_row", d.on_bad_row, ("fail", "skip"))
@@ -262,6 +267,9 @@ def _validate_length_methods(cfg: RunConfig) -> None:
     _require(0 <= ln.l1.delta <= 1, f"length.l1.delta={ln.l1.delta}: must be in [0, 1]")
     _require(ln.stop_penalty_coef is None or ln.stop_penalty_value is None,
              "length.stop_penalty_coef and length.stop_penalty_value: set one, not both")
+    _require(ln.stop_penalty_coef is None or 0 <= ln.stop_penalty_coef <= 1,
+             f"length.stop_penalty_coef={ln.stop_penalty_coef}: must be in [0, 1] (the share "
+             "of its reward a truncated answer keeps)")
     rounds = _rounds(ln)
     if ln.schedule_mode == "adaptive":
         start = d.max_response_length

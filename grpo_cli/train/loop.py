@@ -224,7 +224,8 @@ def advantages(rewards: np.ndarray, truncated: np.ndarray, cfg: RunConfig,
     if kept is not None:
         valid = torch.as_tensor(kept) if valid is None else valid & torch.as_tensor(kept)
     return group_advantages(torch.tensor(rewards, dtype=torch.float32), cfg.rollout.n,
-                            a.norm_adv_by_std, a.adv_eps, valid=valid)
+                            a.norm_adv_by_std, a.adv_eps, valid=valid,
+                            estimator=a.adv_estimator)
 
 
 def update(x: Setup, batch: Batch, cap: int, tally: Tally) -> dict[str, float]:

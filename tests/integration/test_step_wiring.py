@@ -82,13 +82,16 @@ def truth_truncated(completions: list[list[int]], eos: set[int], cap: int) -> np
 
 
 def ref_advantages(rewards: np.ndarray, valid: np.ndarray, n: int, by_std: bool,
-                   eps: float) -> np.ndarray:
+                   eps: float, estimator: str = "grpo") -> np.ndarray:
     out = np.zeros(len(rewards))
     for g in range(0, len(rewards), n):
         r, v = rewards[g : g + n].astype(np.float64), valid[g : g + n]
         if v.sum() < 2 or r[v].max() == r[v].min():
             continue  # no signal: all zero
-        a = r[v] - r[v].mean()
+        if estimator == "rloo":  # each minus the mean of the others
+            a = np.array([x - np.delete(r[v], i).mean() for i, x in enumerate(r[v])])
+        else:
+            a = r[v] - r[v].mean()
         if by_std:
             a = a / (r[v].std(ddof=1) + eps)
         out[g : g + n][v] = a
@@ -141,7 +144,7 @@ def reference_update(model: Any, rows: pd.DataFrame, k: dict[str, Any], world: i
     truncated = truth_truncated(comps, eos, cap)
     valid = ~truncated if a["mask_truncated_in_adv"] else np.ones(len(rows), bool)
     adv = ref_advantages(rows["reward"].to_numpy(), valid, k["rollout"]["n"],
-                         a["norm_adv_by_std"], a["adv_eps"])
+                         a["norm_adv_by_std"], a["adv_eps"], a["adv_estimator"])
     carries = ~truncated if a["mask_truncated"] else np.ones(len(rows), bool)
     c = a["loss_norm_constant"] or cap
     ref = None
@@ -228,6 +231,8 @@ SINGLE_RANK = {
                               "rollout.temperature=0.7"],
     "no-std-mask-trunc": ["algorithm.norm_adv_by_std=false", "algorithm.mask_truncated=true"],
     "filter-in-adv": ["algorithm.mask_truncated_in_adv=true", "algorithm.loss_agg_mode=token-mean"],
+    "rloo-filter-in-adv": ["algorithm.adv_estimator=rloo", "algorithm.norm_adv_by_std=false",
+                           "algorithm.mask_truncated_in_adv=true"],
     "both-masks": ["algorithm.mask_truncated=true", "algorithm.mask_truncated_in_adv=true",
                    "algorithm.loss_agg_mode=seq-mean-token-sum-norm"],
     "two-updates-kl-temp": ["trainer.updates_per_batch=2", "algorithm.kl_coef=0.5",

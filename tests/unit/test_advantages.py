@@ -30,6 +30,49 @@ def test_dr_grpo_only_centres() -> None:
     torch.testing.assert_close(adv, torch.tensor([1.0, -1.0, 0.0, 0.0]))
 
 
+def test_rloo_subtracts_the_mean_of_the_other_members() -> None:
+    # group [3, 1, 0, 0]: baselines (1+0+0)/3, (3+0+0)/3, (3+1+0)/3, (3+1+0)/3
+    r = torch.tensor([3.0, 1.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0])
+    adv = group_advantages(r, group_size=4, norm_by_std=False, estimator="rloo")
+    torch.testing.assert_close(adv, torch.tensor([3 - 1 / 3, 1 - 1.0, -4 / 3, -4 / 3,
+                                                  0.0, 0.0, 0.0, 0.0]))
+
+
+def test_rloo_keeps_a_length_penalty_at_its_scale_where_grpo_rescales_it() -> None:
+    """Arora & Zanette's rewards for lengths [10, 20, 30, 40], all correct: GRPO's std
+    division gives the same advantages for alpha = 0.2 and 0.02; RLOO scales with alpha."""
+    from grpo_cli.rewards.shaping import arora_zanette_reward
+
+    lengths, correct = torch.tensor([10, 20, 30, 40]), torch.ones(4, dtype=torch.bool)
+    out = {}
+    for alpha in (0.2, 0.02):
+        r = arora_zanette_reward(lengths, correct, 4, alpha=alpha)
+        out["grpo", alpha] = group_advantages(r, 4)
+        out["rloo", alpha] = group_advantages(r, 4, norm_by_std=False, estimator="rloo")
+    grpo = torch.tensor([1.146, 0.431, -0.431, -1.146])
+    torch.testing.assert_close(out["grpo", 0.2], grpo, atol=1e-3, rtol=0)
+    torch.testing.assert_close(out["grpo", 0.02], grpo, atol=1e-3, rtol=0)
+    rloo = torch.tensor([0.0781, 0.0293, -0.0293, -0.0781])
+    torch.testing.assert_close(out["rloo", 0.2], rloo, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out["rloo", 0.02], rloo / 10, atol=1e-5, rtol=0)
+
+
+def test_rloo_leaves_invalid_rows_out_of_the_others() -> None:
+    # valid [4, 2, 0] of [4, 2, 0, 9]: baselines (2+0)/2, (4+0)/2, (4+2)/2; row 3 gets 0
+    r = torch.tensor([4.0, 2.0, 0.0, 9.0])
+    valid = torch.tensor([True, True, True, False])
+    adv = group_advantages(r, 4, norm_by_std=False, valid=valid, estimator="rloo")
+    torch.testing.assert_close(adv, torch.tensor([3.0, 0.0, -3.0, 0.0]))
+
+
+def test_rloo_with_std_or_an_unknown_estimator_is_refused() -> None:
+    r = torch.tensor([1.0, 0.0])
+    with pytest.raises(ValueError, match="norm_adv_by_std=false"):
+        group_advantages(r, 2, estimator="rloo")
+    with pytest.raises(ValueError, match="allowed grpo, rloo"):
+        group_advantages(r, 2, estimator="ppo")
+
+
 def test_std_normalisation_upweights_nearly_unanimous_groups() -> None:
     """Dr. GRPO's argument: one right answer out of 4 gets a bigger push under GRPO."""
     r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])

@@ -145,6 +145,14 @@ def test_prompts_must_split_across_ranks() -> None:
          "data.length_budget_template"),
         (["length.stop_penalty_coef=0.5", "length.stop_penalty_value=0"],
          "length.stop_penalty_coef and length.stop_penalty_value: set one, not both"),
+        (["length.stop_penalty_coef=1.5"],
+         r"length.stop_penalty_coef=1.5: must be in \[0, 1\]"),
+        (["length.stop_penalty_coef=-0.5"], "length.stop_penalty_coef=-0.5"),
+        (["algorithm.adv_estimator=ppo"], "algorithm.adv_estimator=ppo: allowed values"),
+        (["algorithm.adv_estimator=rloo"], "algorithm.adv_estimator=rloo: RLOO does not "
+                                           "divide by the group std"),
+        (["length=arora_zanette", "algorithm.norm_adv_by_std=true"],
+         "set algorithm.norm_adv_by_std=false"),
         (["length.schedule_mode=adaptive"], "length.schedule_mode=adaptive needs length.rounds"),
         (["length.rounds=[24]"], r"length.rounds=\[24\]: needs length.schedule_mode=adaptive"),
         (["length=thinkprune", "max_len=16"], r"length.rounds=\[24, 16\]: each cap must be "
@@ -183,14 +191,26 @@ def test_length_method_options_set_what_their_papers_need() -> None:
     cfg, _ = load_run_config(["length=gfpo"])
     assert (cfg.rollout.n, cfg.algorithm.gfpo_keep, cfg.algorithm.gfpo_metric) == \
         (16, 8, "length")
+    assert cfg.algorithm.loss_agg_mode == "token-mean"  # GFPO trains with DAPO's loss
     cfg, _ = load_run_config(["length=l1_max", "data.length_budget=[4,12]", "max_len=24"])
     assert cfg.length.penalty == "l1_max" and cfg.data.length_budget == [4, 12]
     assert cfg.data.max_response_length == 24
+    cfg, _ = load_run_config(["length=arora_zanette"])  # RLOO, no std, n = 8
+    assert (cfg.algorithm.adv_estimator, cfg.algorithm.norm_adv_by_std, cfg.rollout.n) == \
+        ("rloo", False, 8)
+    cfg, _ = load_run_config(["length=arora_zanette", "algorithm.adv_estimator=grpo",
+                              "algorithm.norm_adv_by_std=true"])  # the GRPO ablation
+    assert cfg.length.penalty == "arora_zanette" and cfg.algorithm.adv_estimator == "grpo"
+    cfg, _ = load_run_config(["algorithm=dapo", "length=arora_zanette"])  # length file wins
+    assert (cfg.algorithm.adv_estimator, cfg.algorithm.loss_agg_mode) == ("rloo", "token-mean")
+    cfg, _ = load_run_config(["length=l1_max"])
+    assert "Think for maximum {budget} tokens." in cfg.data.length_budget_template
     cfg, _ = load_run_config(["length=thinkprune"])
     assert cfg.length.schedule_mode == "adaptive" and cfg.length.rounds == [24, 16]
+    assert cfg.length.stop_penalty_value == 0.0  # the hard cap, whatever the reward
     # the group-option files open with the command that uses them
     for name in ("shorter_better", "arora_zanette", "l1_exact", "l1_max", "gfpo",
-                 "stop_penalty", "thinkprune"):
+                 "stop_penalty", "thinkprune", "kimi"):
         head = (CONF / "length" / f"{name}.yaml").read_text().splitlines()[:2]
         assert f"# grpo run length={name}" in head, name
 
