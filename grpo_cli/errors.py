@@ -66,5 +66,9 @@ class TrainingDiverged(RunFailure):
     """More than trainer.max_bad_steps updates had non-finite gradients."""
 
 
-class Terminated(Exception):
-    """SIGTERM arrived: the run stops like on Ctrl-C and is marked interrupted."""
+class Terminated(BaseException):
+    """SIGTERM arrived: the run stops like on Ctrl-C and is marked interrupted.
+
+    A BaseException, as KeyboardInterrupt is: a stop, not an error. Code that catches
+    Exception must not swallow it; Hydra's launcher does (a job's Exception is its result),
+    so a SIGTERMed sweep went on with its next arm."""

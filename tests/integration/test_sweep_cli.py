@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from grpo_cli.telemetry.store import read_metrics
@@ -199,11 +200,13 @@ def test_a_preempted_multi_rank_submitit_arm_is_resumed_by_sweep_resume(runs_dir
     assert yaml.safe_load(arm_file.read_text())["data"]["max_response_length"] == 16
 
 
-def test_ctrl_c_marks_the_sweep_interrupted_and_resume_continues_the_arm(
-        runs_dir: Path) -> None:
-    """Ctrl-C during a sequential sweep: the running arm finishes its step and saves it, the
-    manifest says `interrupted` (never `running` for a sweep that ended) and `--resume`
-    continues that arm's own run from its checkpoint."""
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_marks_the_sweep_interrupted_and_resume_continues_the_arm(
+        runs_dir: Path, signum: str) -> None:
+    """Ctrl-C or SIGTERM during a sequential sweep: the running arm finishes its step and
+    saves it, the sweep stops there (SIGTERM once went on with the next arm: Hydra's launcher
+    took the arm's stop for a failed job), the manifest says `interrupted` (never `running`
+    for a sweep that ended) and `--resume` continues that arm's own run from its checkpoint."""
     import signal
     import subprocess
     import time
@@ -219,9 +222,9 @@ def test_ctrl_c_marks_the_sweep_interrupted_and_resume_continues_the_arm(
         if metrics and metrics[0].read_text().count("\n") >= 2:
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signum))
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0, err[-2000:]
+    assert proc.returncode == 128 + getattr(signal, signum), err[-2000:]
     man = manifest(runs_dir)
     assert man["status"] == "interrupted" and "end_time" in man, man
     assert [a["status"] for a in man["arms"]] == ["interrupted", "pending"]
