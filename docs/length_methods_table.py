@@ -54,17 +54,25 @@ def cell(values: list[float], digits: int) -> str:
 
 
 def completed_runs(sweep_ids: list[str], root) -> dict[str, list[list[dict]]]:
-    """Each method's completed arms (their metrics), over one or several sweeps."""
+    """Each method's completed arms (their metrics), over one or several sweeps. A later
+    sweep's arms with overrides the first sweep did not have (an ablation, e.g.
+    ``algorithm.adv_estimator=grpo``) get their own row, named with those overrides."""
     by_method: dict[str, list[list[dict]]] = defaultdict(list)
+    first: set[str] | None = None
     for sweep_id in sweep_ids:
         manifest = json.loads((root / "sweeps" / sweep_id / "manifest.json").read_text())
+        common = set(manifest["common_overrides"])
+        first = common if first is None else first
+        extra = sorted(o for o in common - first if not o.startswith("length="))
         for arm in manifest["arms"]:
             run = root / arm["run_id"]
             meta = run / "meta.json"
             if not meta.is_file() or json.loads(meta.read_text())["status"] != "completed":
                 continue
-            method = next(o.split("=", 1)[1] for o in arm["overrides"]
+            method = next(o.split("=", 1)[1] for o in [*arm["overrides"], *common]
                           if o.startswith("length="))
+            if extra:
+                method += f" ({' '.join(extra)})"
             by_method[method].append(read_metrics(run))
     return by_method
 
