@@ -101,6 +101,11 @@ def gfpo_keep_mask(
     The advantages are then computed over the kept subset alone, A_i = (r_i - mean_S(r)) /
     (std_S(r) + eps) for i in S and A_i = 0 outside it: :func:`group_advantages` with
     ``valid`` = this mask.
+
+    Checked against: TRL's ``trl/experimental/gfpo/gfpo_trainer.py`` (``GFPOTrainer.
+    _generate_and_score_completions``, a top-k of each group by its filter score; removed
+    from TRL since, read at b6ff4a7), whose config inherits GRPO's default ``loss_type="dapo"``
+    (token-mean, as conf/length/gfpo.yaml sets).
     """
     if metric not in GFPO_METRICS:
         raise ValueError(f"algorithm.gfpo_metric={metric!r}: allowed {', '.join(GFPO_METRICS)}")

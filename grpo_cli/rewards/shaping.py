@@ -42,6 +42,9 @@ def overlong_penalty(
     the cap); -factor if len > L. verl's scaled form min(-(len - (L - B)) / B * f, 0) is the
     same inside the cap. ``buffer`` must satisfy 0 < B <= L; ``length.overlong_buffer=0``
     means "disabled" and the caller then adds no term at all (this function rejects it).
+
+    Checked against: DAPO (arXiv 2503.14476), "overlong reward shaping"; veRL
+    ``verl/workers/reward_manager/dapo.py`` (``DAPORewardManager.__call__``).
     """
     if not 0 < buffer <= max_len:
         raise ValueError(f"length.overlong_buffer={buffer}: must be in (0, max_len={max_len}]")
@@ -74,6 +77,9 @@ def cosine_length_reward(
     CosFn(len, L, r0_wrong, rL_wrong), long wrong answers lose less (keep thinking);
     truncated: r_exceed whatever the answer. Lengths past L that were not truncated are read
     as L. Yeo et al. warn that r0_correct < rL_correct makes length grow explosively.
+
+    Checked against: open-r1 ``src/open_r1/rewards.py`` (``get_cosine_scaled_reward``, which
+    counts characters with a 1000-character L; here tokens and the cap in force).
     """
     _positive_cap(max_len)
     t = _lengths(lengths).clamp(max=max_len)  # [B]
@@ -107,6 +113,11 @@ def kimi_length_reward(
     Per group, lambda_i = 0.5 - (len_i - min) / (max - min); correct: lambda_i, wrong:
     min(0, lambda_i) (a wrong answer is never rewarded for being short). All zero when every
     length in the group is equal. Rows are grouped as rows g*G .. g*G+G-1.
+
+    Checked against: Kimi k1.5 (arXiv 2501.12599), "length penalty": min_len / max_len over
+    the k responses sampled for one problem, as here (one prompt group). open-r1's
+    ``len_reward`` (``src/open_r1/rewards.py``) takes them over the whole batch it is given,
+    in characters; the project keeps the paper's per-problem tokens.
     """
     x, c = _group_rows(lengths, correct, group_size)  # [g, G] each
     lo = x.amin(dim=1, keepdim=True)  # [g, 1]
@@ -197,6 +208,11 @@ def shorter_better_reward(
     completion, or the group's mean length when none is correct. Every member, right or
     wrong, is pulled towards SOL (a wrong answer shorter than SOL loses too). The paper
     trains alpha = 1 and alpha = 2.
+
+    Checked against: the authors' JingyangYi/ShorterBetter,
+    ``verl/verl/workers/reward_manager/naive.py`` (``check_correctness_and_length`` finds
+    SOL, the mean length when nothing is correct; ``sb_compute_score`` the reward, there with
+    alpha = 2, beta = 0.001, lengths in tokens).
     """
     x, c = _group_rows(lengths, correct, group_size)  # [g, G] each
     shortest = torch.where(c, x, torch.full_like(x, math.inf)).amin(dim=1, keepdim=True)
@@ -220,6 +236,11 @@ def arora_zanette_reward(
     more than 1 - alpha/2 and a longer one less; wrong answers get 0. Where std_c = 0 (one
     correct completion, or all of the same length) the normalised length is 0 and every
     correct completion gets 1 - alpha/2. alpha in [0, 1) sets the trade-off.
+
+    Checked against: Zanette-Labs/efficient-reasoning ``reward_server/math_server.py``
+    (``query``: the lengths of the question's correct responses, ``np.std`` (population),
+    1e-7 added to the std where this takes z = 0 for a zero std). Its scripts train with
+    RLOO advantages (``algorithm.adv_estimator=rloo``, see conf/length/arora_zanette.yaml).
     """
     x, c = _group_rows(lengths, correct, group_size)  # [g, G] each
     cf = c.float()
@@ -244,6 +265,9 @@ def l1_exact_reward(
 
     N_i is the budget stated in the prompt ("Think for N tokens."); answers are pulled
     towards it from both sides. The paper uses alpha = 0.0003 (budgets of thousands).
+
+    Checked against: the paper's Eq. 1; cmu-l3/l1 ``math_reward.py``
+    (``get_delta_score_linear``), whose ``scripts/train/run_l1_exact.sh`` sets alpha = 0.0003.
     """
     x = _lengths(lengths)  # [B]
     n = _lengths(budgets)  # [B]
@@ -265,6 +289,11 @@ def l1_max_reward(
     delta, one at least (1 - delta) / alpha tokens under it earns the full 1 (so answers under
     budget are not pushed further down), one delta / alpha tokens over it earns 0; wrong
     answers get 0. The paper uses alpha = 0.0003, delta = 0.5.
+
+    Checked against: the paper's Eq. 2, which this follows. The authors' code (cmu-l3/l1
+    ``math_reward.py``, ``get_delta_score_linear_both``) computes (clip(alpha * (N - len),
+    -1, 1) + 1) / 2, a slope of alpha/2, and multiplies by correctness only behind a flag.
+    Its Max prompts end in "Think for maximum N tokens." (``scripts/data/deepscaler_dataset.py``).
     """
     x = _lengths(lengths)  # [B]
     n = _lengths(budgets)  # [B]
@@ -284,6 +313,13 @@ def stop_properly_penalty(
         value         (``value``, a fixed reward whatever the answer)
 
     and every other completion keeps r_i. Exactly one of ``coef`` / ``value`` is given.
+
+    Checked against: NeMo-RL ``nemo_rl/algorithms/reward_functions.py``
+    (``apply_reward_shaping``, which asserts 0 <= coef <= 1, as ``length.stop_penalty_coef``
+    is validated); OpenRLHF ``openrlhf/trainer/ppo_utils/length_penalty.py``
+    (``apply_stop_properly_penalty``: a coef in [0, 1] scales, a negative one replaces the
+    reward with itself, here ``value``). With coef < 1 a negative reward moves towards 0, so
+    a truncated answer with an overlong penalty is better off than a finished one, in both.
     """
     if (coef is None) == (value is None):
         raise ValueError("length.stop_penalty_coef / length.stop_penalty_value: set exactly one")
@@ -308,6 +344,12 @@ def adaptive_cap(
     ``min_steps`` steps, i.e. once the policy has adapted to the cap. After the last round
     the cap stays. Replaying the history makes the decision a pure function of the run's own
     metrics: a resumed run recomputes the same caps from metrics.jsonl.
+
+    Checked against: UCSB-NLP-Chang/ThinkPrune, where each round is a new run at a smaller
+    ``data.max_response_length`` started from a checkpoint picked by hand (e.g. the 3k round
+    from the 4k run's step 180) and a truncated answer earns 0 because the reward finds no
+    answer in it. The trigger on the clip ratio is this project's own, and
+    conf/length/thinkprune.yaml gives truncated answers 0 whatever the reward.
     """
     if min_steps < 1:
         raise ValueError(f"length.round_min_steps={min_steps}: must be >= 1")
