@@ -146,6 +146,8 @@ def length_methods(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[d
                      f"length={','.join(LENGTH_METHODS)}", timeout=1800)
     by_method = dict(zip(LENGTH_METHODS, arms, strict=True))
     assert by_method["gfpo"].config["algorithm"]["gfpo_keep"] == 8
+    assert by_method["gfpo"].config["algorithm"]["loss_agg_mode"] == "token-mean"
+    assert by_method["arora_zanette"].config["algorithm"]["adv_estimator"] == "rloo"
     assert by_method["thinkprune"].config["length"]["schedule_mode"] == "adaptive"
     return {k: a.metrics for k, a in by_method.items()}
 
@@ -161,19 +163,19 @@ def val_accuracy(metrics: list[dict]) -> float:
 
 
 def test_length_methods_against_plain_grpo_at_cap_32(length_methods) -> None:
-    """Plain GRPO vs each method at cap 32, 40 steps; seeds 0/1/2, from
-    `grpo sweep sweeps/toy_length_methods.yaml` (README "Length controls on the toy").
-    Natural length (val/length/mean, last step): plain 30.6, 23.4, 27.3; ShorterBetter 48.5,
-    43.1, 49.2; Arora-Zanette 9.7, 18.8, 18.6; GFPO 44.0, 33.6, 42.0; L1-Max 6.5, 4.8, 5.0;
-    stop penalty 6.8-8.3; ThinkPrune 14.4, 19.6, 15.9. Clip ratio (last 4 steps): plain 0.48,
-    0.30, 0.32; ShorterBetter 0.61, 0.54, 0.66; Arora-Zanette 0.16, 0.20, 0.21; GFPO 0.59,
-    0.50, 0.53; stop penalty 0.01-0.02. Training accuracy (last 4 steps): plain 0.37, 0.45,
-    0.39; L1-Max 0.09, 0.13, 0.19; ThinkPrune 0.31, 0.28, 0.32. Validation accuracy (last
-    step): plain 0.47, 0.62, 0.55; L1-Max 0.02, 0.28, 0.11; stop penalty 0.31, 0.36, 0.20;
-    ThinkPrune 0.36, 0.48, 0.33. Length (last 4 steps): plain 22.4, 19.7, 17.3;
-    ShorterBetter 25.9, 25.6, 26.4; Arora-Zanette 11.8, 15.3, 13.8; GFPO 24.7, 23.7, 22.9;
-    L1-Max 4.8-6.1; stop penalty 7.7, 9.1, 6.7; ThinkPrune 10.2-10.8. The margins below held
-    for every seed."""
+    """Plain GRPO vs each method at cap 32, 40 steps, each as its paper ran it; seeds 0/1/2,
+    from `grpo sweep sweeps/toy_length_methods.yaml` (README "Length controls on the toy",
+    measured 2026-12-06). Natural length (val/length/mean, last step): plain 30.6, 23.4, 27.3;
+    ShorterBetter 48.5, 43.1, 49.2; Arora-Zanette (RLOO, alpha 0.1) 23.2, 30.8, 25.3; GFPO
+    40.9, 30.2, 42.2; L1-Max 6.0, 13.4, 5.0; stop penalty 8.3, 6.8, 6.8; ThinkPrune 14.4,
+    19.5, 15.9. Clip ratio (last 4 steps): plain 0.48, 0.30, 0.32; ShorterBetter 0.61, 0.54,
+    0.66; Arora-Zanette 0.45, 0.44, 0.36; GFPO 0.56, 0.38, 0.54; stop penalty 0.00-0.02.
+    Training accuracy (last 4 steps): plain 0.37, 0.45, 0.39; L1-Max 0.19, 0.07, 0.16;
+    ThinkPrune 0.31, 0.28, 0.32. Validation accuracy (last step): plain 0.47, 0.62, 0.55;
+    L1-Max 0.28, 0.09, 0.23; stop penalty 0.31, 0.41, 0.20; ThinkPrune 0.36, 0.52, 0.33.
+    Length (last 4 steps): plain 22.4, 19.7, 17.3; ShorterBetter 25.9, 25.6, 26.4;
+    Arora-Zanette 21.6, 23.1, 18.6; GFPO 24.4, 21.7, 23.2; L1-Max 6.1, 12.6, 5.0; stop
+    penalty 7.7, 8.5, 6.7; ThinkPrune 10.2-10.8. The margins below held for every seed."""
     m = length_methods
     base = m["none"]
 
@@ -185,10 +187,12 @@ def test_length_methods_against_plain_grpo_at_cap_32(length_methods) -> None:
     assert natural(m["shorter_better"]) >= natural(base) + 10
     assert late("shorter_better", "length/mean") >= late("none", "length/mean") + 2
     assert late("shorter_better", "length/clip_ratio") >= late("none", "length/clip_ratio") + 0.08
-    # Arora & Zanette: shorter, fewer truncations.
-    assert natural(m["arora_zanette"]) <= 0.9 * natural(base)
-    assert late("arora_zanette", "length/mean") <= 0.9 * late("none", "length/mean")
-    assert late("arora_zanette", "length/clip_ratio") <= late("none", "length/clip_ratio") - 0.05
+    # Arora & Zanette with RLOO (no std division) at the authors' alpha: the length term is
+    # ~alpha against a correctness signal of ~1, and it does not shorten the toy (with GRPO's
+    # std it did, alpha cancelling: README).
+    assert natural(m["arora_zanette"]) >= 0.7 * natural(base)
+    assert late("arora_zanette", "length/mean") >= 0.9 * late("none", "length/mean")
+    assert late("arora_zanette", "length/clip_ratio") >= late("none", "length/clip_ratio") - 0.05
     # GFPO trains on the shorter half, which drops most truncated answers from the update:
     # the natural length holds better than under plain GRPO.
     assert natural(m["gfpo"]) >= natural(base) + 5
@@ -197,9 +201,9 @@ def test_length_methods_against_plain_grpo_at_cap_32(length_methods) -> None:
     assert late("gfpo", "gfpo/kept_length_mean") < late("gfpo", "length/mean")
     # L1-Max: the budget prompt costs the toy its accuracy and answers collapse to the shortest.
     assert late("l1_max", "reward/accuracy_mean") <= late("none", "reward/accuracy_mean") - 0.15
-    assert val_accuracy(m["l1_max"]) <= val_accuracy(base) - 0.2
-    assert natural(m["l1_max"]) <= 10
-    assert late("l1_max", "length/mean") <= 0.5 * late("none", "length/mean")
+    assert val_accuracy(m["l1_max"]) <= val_accuracy(base) - 0.15
+    assert natural(m["l1_max"]) <= 0.6 * natural(base)
+    assert late("l1_max", "length/mean") <= 0.7 * late("none", "length/mean")
     assert late("l1_max", "length/clip_ratio") <= 0.05
     # Stop penalty (-0.5 for a truncated answer): truncation disappears, the natural length
     # collapses and held-out accuracy drops.
