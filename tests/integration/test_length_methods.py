@@ -54,6 +54,11 @@ def test_arora_zanette_reward_is_the_papers(grpo, runs_dir: Path) -> None:
         if c.sum() >= 2 and n[c].std() > 0:
             z = (n - n[c].mean()) / n[c].std()
         np.testing.assert_allclose(r, c * (1 - 0.4 / (1 + np.exp(-z))), atol=1e-5)
+        # trained as the paper: RLOO, each reward minus the mean of the group's others
+        adv = g["advantage"].to_numpy(np.float64)
+        others = (r.sum() - r) / (len(r) - 1)
+        want = np.zeros_like(r) if r.max() == r.min() else r - others
+        np.testing.assert_allclose(adv, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", ["l1_exact", "l1_max"])
@@ -76,7 +81,9 @@ def test_l1_budget_is_in_the_prompt_the_column_and_the_reward(grpo, runs_dir: Pa
     for step in {s["step"] for s in samples}:
         rows = df[df["step"] == step].reset_index(drop=True)
         for i, s in enumerate(x for x in samples if x["step"] == step):
-            assert s["prompt"].startswith(f"Think for {int(rows['budget'][i])} tokens.\n")
+            words = "maximum " if variant == "l1_max" else ""  # the paper's Max wording
+            budget_i = int(rows["budget"][i])
+            assert s["prompt"].startswith(f"Think for {words}{budget_i} tokens.\n")
     for m in metrics:  # requested vs produced, logged every step
         rows = df[df["step"] == m["step"]]
         assert m["budget/requested_mean"] == pytest.approx(rows["budget"].mean())
