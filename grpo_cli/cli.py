@@ -30,6 +30,13 @@ Most used keys:
                                        a .gguf file, or pkg:<dist>/<file>; model=smollm2
   data.train_files                     JSONL / Parquet / hub id@split / toy:add / toy:add-vl /
                                        toy:sums
+  data.prompt_key                      the prompt column (default problem)
+  data.prompt_template                 the text sent: the row's columns by name, {problem}
+                                       (and {prompt}) the prompt column's; quote it:
+                                       'data.prompt_template="{problem} Think step by step."'
+  data.val_files                       the length probe's prompts (trainer.val_every); unset:
+                                       the toy's unseen stream, or the first val.num_prompts
+                                       rows of data.train_files (trained on as well)
   data.image_key, data.on_bad_row      image column (VL models); fail | skip on bad images
   rollout.n, rollout.temperature       group size and sampling
   rollout=vllm                         sample with a colocated vLLM engine (GPUs: the [vllm]

@@ -137,13 +137,15 @@ def compose(args: list[str]) -> DictConfig:
     """Compose the raw (untyped) config for ``grpo run`` arguments."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
 
     parsed = parse_args(args)
     with experiment_searchpath(parsed.experiment) as extra:
         try:
             with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
                 cfg = hydra_compose("config", overrides=extra + parsed.overrides)
+        except OverrideParseException as e:
+            raise ConfigError(override_syntax_message(e.override, e.message)) from e
         except (HydraException, OmegaConfBaseException) as e:
             msg = _one_line(str(e)).split(" Config search path:")[0]  # Hydra's internals
             if parsed.experiment is not None and extra:  # name the user's file, not the copy
@@ -152,6 +154,19 @@ def compose(args: list[str]) -> DictConfig:
             raise ConfigError(msg) from e
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
     return cfg
+
+
+def override_syntax_message(override: str, reason: str) -> str:
+    """One line for an override Hydra's grammar cannot read, e.g. a prompt template
+    ``data.prompt_template={problem} Answer:``: braces, spaces and colons are grammar there
+    unless the value is quoted."""
+    key, _, value = override.partition("=")
+    why = _one_line(reason).split(" See https://")[0]
+    why = why.replace(f"Error parsing override '{override}'", "").strip() or "parse error"
+    if not value:
+        return f"{override}: not a key=value override ({why})"
+    return (f"{key}: the value {value!r} is not valid override syntax ({why}); quote it: "
+            f"'{key}=\"{value}\"' (double quotes inside the shell's single quotes)")
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:

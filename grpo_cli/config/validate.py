@@ -104,21 +104,25 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     _require(a.kl_coef >= 0, f"algorithm.kl_coef={a.kl_coef}: must be >= 0")
 
     # Batch arithmetic: prompts split over ranks, completions over micro-batches and updates.
-    _require(t.prompts_per_step >= 1, f"trainer.prompts_per_step={t.prompts_per_step}: >= 1")
+    _require(t.prompts_per_step >= 1,
+             f"trainer.prompts_per_step={t.prompts_per_step}: must be >= 1")
     _require(
         t.prompts_per_step % world == 0,
         f"trainer.prompts_per_step={t.prompts_per_step} is not divisible by the {world} ranks",
     )
     per_rank = t.prompts_per_step // world * r.n
-    _require(t.updates_per_batch >= 1, f"trainer.updates_per_batch={t.updates_per_batch}: >= 1")
+    _require(t.updates_per_batch >= 1,
+             f"trainer.updates_per_batch={t.updates_per_batch}: must be >= 1")
     _require(
         per_rank % t.updates_per_batch == 0,
         f"trainer.updates_per_batch={t.updates_per_batch} does not divide the {per_rank} "
         "completions per rank (prompts_per_step / ranks * rollout.n)",
     )
     per_update = per_rank // t.updates_per_batch
+    _require(t.micro_batch_size >= 1,
+             f"trainer.micro_batch_size={t.micro_batch_size}: must be >= 1 (or null: fitted)")
     _require(
-        t.micro_batch_size > 0 and per_update % t.micro_batch_size == 0,
+        per_update % t.micro_batch_size == 0,
         f"trainer.micro_batch_size={t.micro_batch_size} must divide the {per_update} completions "
         "per rank per update",
     )
@@ -188,7 +192,9 @@ def update_batch(cfg: RunConfig, world: int) -> int:
     if world < 1 or t.prompts_per_step % world or t.updates_per_batch < 1:
         return 1
     per_rank = t.prompts_per_step // world * cfg.rollout.n
-    return per_rank // t.updates_per_batch if per_rank % t.updates_per_batch == 0 else 1
+    if per_rank < 1 or per_rank % t.updates_per_batch:  # rollout.n or prompts_per_step < 1
+        return 1
+    return per_rank // t.updates_per_batch
 
 
 def fit_micro_batch(per_update: int, limit: int = DEFAULT_MICRO_BATCH) -> int:

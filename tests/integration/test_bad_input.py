@@ -61,6 +61,17 @@ CASES = [
     (["run", "max_len=0"], "data.max_response_length (max_len)=0: must be > 0"),
     (["run", "data.max_prompt_length=-5"], "data.max_prompt_length=-5: must be > 0"),
     (["run", "rollout.n=1"], "rollout.n=1"),
+    # values below 1 where the batch arithmetic would divide by them
+    (["run", "rollout.n=0"], "rollout.n=0: GRPO needs at least 2 samples per prompt"),
+    (["run", "rollout.n=-2"], "rollout.n=-2: GRPO needs at least 2 samples per prompt"),
+    (["run", "trainer.prompts_per_step=0"], "trainer.prompts_per_step=0: must be >= 1"),
+    (["run", "trainer.prompts_per_step=-1"], "trainer.prompts_per_step=-1: must be >= 1"),
+    (["run", "trainer.micro_batch_size=0"], "trainer.micro_batch_size=0: must be >= 1"),
+    (["run", "trainer.updates_per_batch=0"], "trainer.updates_per_batch=0: must be >= 1"),
+    # a template with braces and spaces is override grammar unless quoted
+    # (braces doubled: the cases are str.format-ted with the fixture's directory)
+    (["run", "data.prompt_template={{problem}} Answer:"],
+     "data.prompt_template: the value '{{problem}} Answer:' is not valid override syntax"),
     (["run", "max_len=5000"], "exceeds the model context"),
     (["run", "algorithm.loss_agg_mode=foo"], "allowed values are seq-mean-token-mean"),
     (["run", "length.schedule=[[0,-3]]"], "length.schedule[0]: cap -3 must be > 0"),

@@ -118,6 +118,12 @@ def test_bad_config_names_the_key(args: list[str], pattern: str) -> None:
         load_run_config(args)
 
 
+def test_a_quoted_prompt_template_keeps_its_braces_spaces_and_colon() -> None:
+    """What the one-line error for an unquoted template tells the user to type."""
+    cfg, _ = load_run_config(['data.prompt_template="{problem} Answer:"'])
+    assert cfg.data.prompt_template == "{problem} Answer:"
+
+
 def test_prompts_must_split_across_ranks() -> None:
     cfg, _ = load_run_config(["trainer.prompts_per_step=8"])
     validate(cfg, world=2)
