@@ -14,8 +14,24 @@ from typing import Any, get_type_hints
 
 from grpo_cli.config.schema import RunConfig
 
-# Short names users type; rewritten to the full key before Hydra sees them.
-ALIASES: dict[str, str] = {"max_len": "data.max_response_length"}
+# Short names users type, and other frameworks' names for a key that means exactly the same;
+# rewritten to the full key before Hydra sees them.
+ALIASES: dict[str, str] = {
+    "max_len": "data.max_response_length",
+    # EasyR1 online filtering (algorithm.*) and veRL's DAPO filter_groups
+    "algorithm.online_filtering": "algorithm.dynamic_sampling",
+    "algorithm.filter_key": "algorithm.dynamic_sampling_key",
+    "algorithm.filter_low": "algorithm.dynamic_sampling_low",
+    "algorithm.filter_high": "algorithm.dynamic_sampling_high",
+    "trainer.max_try_make_batch": "algorithm.dynamic_sampling_max_rounds",
+    "algorithm.filter_groups.enable": "algorithm.dynamic_sampling",
+    "algorithm.filter_groups.max_num_gen_batches": "algorithm.dynamic_sampling_max_rounds",
+    # veRL's algorithm.rollout_correction block and TRL's vLLM importance sampling
+    "algorithm.rollout_correction.rollout_is_threshold": "algorithm.rollout_correction_cap",
+    "algorithm.rollout_correction.rollout_rs_threshold_lower": "algorithm.rollout_correction_low",
+    "algorithm.rollout_correction.rollout_rs_threshold": "algorithm.rollout_correction_high",
+    "vllm_importance_sampling_cap": "algorithm.rollout_correction_cap",
+}
 
 # Free-form mappings: any key below them is the user's (reward kwargs, component weights,
 # DeepSpeed config entries).
@@ -77,7 +93,17 @@ FOREIGN: dict[str, str] = {
     "trainer.seed": "seed",
     "trainer.save_checkpoint_path": "runs_dir",
     "trainer.load_checkpoint_path": "resume=<run-id>",
+    "algorithm.filter_groups.metric": "algorithm.dynamic_sampling_key (reward, or a reward "
+                                      "component such as accuracy)",
+    "algorithm.rollout_correction.rollout_is": "algorithm.rollout_correction=tis (token-level "
+                                               "truncated importance sampling)",
+    "algorithm.rollout_correction.rollout_rs": "algorithm.rollout_correction=icepop (token "
+                                               "band) or seq_mask (geometric-mean band)",
     # TRL GRPOConfig
+    "vllm_importance_sampling_correction": "algorithm.rollout_correction=tis (or icepop, "
+                                           "seq_mask; none disables)",
+    "vllm_importance_sampling_mode": "algorithm.rollout_correction (token_truncate: tis, "
+                                     "token_mask: icepop, sequence_mask: seq_mask)",
     "num_generations": "rollout.n",
     "max_completion_length": "max_len",
     "max_prompt_length": "data.max_prompt_length",

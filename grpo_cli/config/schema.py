@@ -21,6 +21,10 @@ LENGTH_PENALTIES = ("none", "cosine", "kimi", "linear", "shorter_better", "arora
 SCHEDULE_MODES = ("step", "linear", "adaptive")
 GFPO_METRICS = ("length", "reward_per_token")
 ADV_ESTIMATORS = ("grpo", "rloo")
+ROLLOUT_CORRECTIONS = ("none", "tis", "icepop", "seq_mask")
+# Published bands of the masking corrections (ratio trainer / sampler): IcePop's token band
+# (Ling team 2025) and veRL's geometric-mean sequence band.
+CORRECTION_BANDS = {"icepop": (0.5, 5.0), "seq_mask": (0.999, 1.001)}
 # An unset trainer.micro_batch_size: the largest divisor of the per-update batch up to this.
 DEFAULT_MICRO_BATCH = 32
 
@@ -99,6 +103,23 @@ class AlgorithmConfig:
     # (length: shortest | reward_per_token), advantages over those; 0 disables.
     gfpo_keep: int = 0
     gfpo_metric: str = "length"
+    # DAPO dynamic sampling: a group whose dynamic_sampling_key is constant (or, with a
+    # low/high band, whose mean is not strictly inside it) trains nothing and is dropped;
+    # rounds of trainer.prompts_per_step more prompts are drawn until the step holds
+    # prompts_per_step informative groups or max_rounds rounds are done.
+    dynamic_sampling: bool = False
+    dynamic_sampling_key: str = "reward"  # reward (the final one) | a reward component
+    dynamic_sampling_low: float | None = None  # EasyR1's filter_low (null: no lower bound)
+    dynamic_sampling_high: float | None = None  # EasyR1's filter_high (null: no upper bound)
+    dynamic_sampling_max_rounds: int = 10
+    # Sampler-trainer mismatch correction, per-token weights from trainer vs sampler
+    # log-probs: none | tis (min(ratio, cap)) | icepop (ratio inside [low, high], else 0) |
+    # seq_mask (a sequence whose geometric-mean ratio leaves [low, high] gets 0).
+    rollout_correction: str = "none"
+    rollout_correction_cap: float = 2.0  # tis
+    # icepop / seq_mask band; null: the published one (icepop 0.5-5, seq_mask 0.999-1.001)
+    rollout_correction_low: float | None = None
+    rollout_correction_high: float | None = None
 
 
 @dataclass

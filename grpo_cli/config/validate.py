@@ -11,10 +11,12 @@ from pathlib import Path
 
 from grpo_cli.config.schema import (
     ADV_ESTIMATORS,
+    CORRECTION_BANDS,
     DEFAULT_MICRO_BATCH,
     GFPO_METRICS,
     LENGTH_PENALTIES,
     LOSS_AGG_MODES,
+    ROLLOUT_CORRECTIONS,
     SCHEDULE_MODES,
     TOY,
     TOY_CONTEXT,
@@ -102,6 +104,7 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     _require(t.grad_clip >= 0, f"trainer.grad_clip={t.grad_clip}: must be >= 0 (0: no clipping)")
     _require(a.clip_ratio_low >= 0 and a.clip_ratio_high >= 0, "algorithm.clip_ratio_*: >= 0")
     _require(a.kl_coef >= 0, f"algorithm.kl_coef={a.kl_coef}: must be >= 0")
+    _validate_sampling_fixes(cfg)
 
     # Batch arithmetic: prompts split over ranks, completions over micro-batches and updates.
     _require(t.prompts_per_step >= 1,
@@ -183,6 +186,34 @@ def _validate_deepspeed(extra: dict[str, object]) -> None:
     for key in given:
         _require(key not in DEEPSPEED_OWNED, f"trainer.deepspeed.{key}: set by "
                  f"{DEEPSPEED_OWNED.get(key)}; use that instead")
+
+
+def _validate_sampling_fixes(cfg: RunConfig) -> None:
+    """Dynamic sampling and the mismatch correction; fills the correction's published band
+    when its bounds are null."""
+    a = cfg.algorithm
+    _require(a.dynamic_sampling_max_rounds >= 1, f"algorithm.dynamic_sampling_max_rounds="
+             f"{a.dynamic_sampling_max_rounds}: must be >= 1 (rounds of prompts_per_step "
+             "prompts per step)")
+    low, high = a.dynamic_sampling_low, a.dynamic_sampling_high
+    _require(low is None or high is None or low < high, f"algorithm.dynamic_sampling_low="
+             f"{low} must be below algorithm.dynamic_sampling_high={high}")
+    _require(bool(a.dynamic_sampling_key), "algorithm.dynamic_sampling_key: empty; use reward "
+             "or a reward component (e.g. accuracy)")
+    _choice("algorithm.rollout_correction", a.rollout_correction, ROLLOUT_CORRECTIONS)
+    _require(a.rollout_correction_cap >= 1, f"algorithm.rollout_correction_cap="
+             f"{a.rollout_correction_cap}: must be >= 1 (TIS truncates ratios above it)")
+    band = CORRECTION_BANDS.get(a.rollout_correction)
+    if band is None:
+        return
+    if a.rollout_correction_low is None:
+        a.rollout_correction_low = band[0]
+    if a.rollout_correction_high is None:
+        a.rollout_correction_high = band[1]
+    low, high = a.rollout_correction_low, a.rollout_correction_high
+    _require(0 <= low <= 1 <= high, f"algorithm.rollout_correction_low={low}, "
+             f"algorithm.rollout_correction_high={high}: need 0 <= low <= 1 <= high (a token "
+             "the sampler and trainer agree on keeps its weight)")
 
 
 def update_batch(cfg: RunConfig, world: int) -> int:

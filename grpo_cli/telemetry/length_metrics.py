@@ -270,11 +270,13 @@ def budget_metrics(lengths: np.ndarray, budgets: np.ndarray) -> dict[str, float]
     return out
 
 
-def length_control_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
-    """Metrics of the length controls that add rollout columns: L1's budget adherence
-    (``budget``, :func:`budget_metrics`) and GFPO's filter (``gfpo_kept``):
-    ``gfpo/kept_length_mean``, the mean length of the completions the update trains on, beside
-    ``length/mean`` over all G sampled."""
+def length_control_metrics(cols: dict[str, np.ndarray], group_size: int,
+                           batch_groups: int) -> dict[str, float]:
+    """Metrics of the controls that add rollout columns: L1's budget adherence (``budget``,
+    :func:`budget_metrics`), GFPO's filter (``gfpo_kept``): ``gfpo/kept_length_mean``, the
+    mean length of the completions the update trains on, beside ``length/mean`` over all G
+    sampled; dynamic sampling (:func:`dynamic_sampling_metrics`) and the sampler-trainer
+    mismatch (:func:`mismatch_metrics`)."""
     out: dict[str, float] = {}
     if "budget" in cols:
         out.update(budget_metrics(cols["response_length"], cols["budget"]))
@@ -283,4 +285,75 @@ def length_control_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
         if kept.any():
             out["gfpo/kept_length_mean"] = float(
                 np.asarray(cols["response_length"], dtype=np.float64)[kept].mean())
+    if "trained" in cols:
+        out.update(dynamic_sampling_metrics(cols, group_size, batch_groups))
+    if "logratio_sum" in cols:
+        out.update(mismatch_metrics(cols))
+    return out
+
+
+def dynamic_sampling_metrics(cols: dict[str, np.ndarray], group_size: int,
+                             batch_groups: int) -> dict[str, float]:
+    """What DAPO's dynamic sampling drew and kept, over the whole global step (all ranks,
+    all rounds), from the rollout columns ``round``, ``informative`` and ``trained``.
+
+    ``dynamic/rounds``; ``dynamic/groups_sampled``; ``dynamic/groups_kept`` (informative
+    groups the update trained on); ``dynamic/groups_short`` (``batch_groups`` minus kept:
+    > 0 when the rounds ran out and the batch trained on fewer); ``dynamic/dropped_frac``
+    (uninformative groups / sampled); ``dynamic/dropped_truncated_frac`` (of the dropped
+    groups, the share whose every completion the cap cut: the groups a truncation-heavy
+    cap makes useless; omitted when none was dropped); ``dynamic/trained_length_mean`` and
+    ``dynamic/trained_clip_ratio`` over the trained completions, beside ``length/mean`` and
+    ``length/clip_ratio``, which cover everything sampled."""
+    lengths = np.asarray(cols["response_length"], dtype=np.float64)
+    truncated = np.asarray(cols["truncated"], dtype=bool)
+    trained = np.asarray(cols["trained"], dtype=bool)
+    informative = np.asarray(cols["informative"], dtype=bool).reshape(-1, group_size)[:, 0]
+    all_cut = truncated.reshape(-1, group_size).all(axis=1)  # [groups]
+    kept = int(trained.sum()) // group_size
+    out = {"dynamic/rounds": float(np.asarray(cols["round"]).max() + 1),
+           "dynamic/groups_sampled": float(informative.size),
+           "dynamic/groups_kept": float(kept),
+           "dynamic/groups_short": float(batch_groups - kept),
+           "dynamic/dropped_frac": float((~informative).mean())}
+    if (~informative).any():
+        out["dynamic/dropped_truncated_frac"] = float(all_cut[~informative].mean())
+    if trained.any():
+        out["dynamic/trained_length_mean"] = float(lengths[trained].mean())
+        out["dynamic/trained_clip_ratio"] = float(truncated[trained].mean())
+    return out
+
+
+def mismatch_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+    """The sampler-trainer mismatch against length, over the rows of the update batch
+    (``logratio_sum`` finite), from the columns the update writes before its first step.
+
+    ``mismatch/logratio_length_spearman``: Spearman correlation of a sequence's summed
+    log-ratio (trainer minus sampler) and its length (omitted when either is constant).
+    With a correction (``is_weight_sum``, ``is_masked_tokens``): ``mismatch/weight_mean``
+    (per generated token), ``mismatch/token_masked_frac`` (tokens given weight 0),
+    ``mismatch/seq_masked_frac`` (sequences with every token at 0) and
+    ``mismatch/masked_frac_truncated`` / ``mismatch/masked_frac_finished``: the masked token
+    share among completions the cap cut vs those that ended (each omitted without such
+    rows)."""
+    logratio = np.asarray(cols["logratio_sum"], dtype=np.float64)
+    rows = np.isfinite(logratio)
+    if not rows.any():
+        return {}
+    lengths = np.asarray(cols["response_length"], dtype=np.float64)[rows]
+    out: dict[str, float] = {}
+    rho = _grouped_spearman(logratio[rows], lengths, np.zeros(lengths.size, dtype=np.int64))
+    if rho.size and np.isfinite(rho[0]):
+        out["mismatch/logratio_length_spearman"] = float(rho[0])
+    if "is_weight_sum" not in cols:
+        return out
+    weights = np.asarray(cols["is_weight_sum"], dtype=np.float64)[rows]
+    masked = np.asarray(cols["is_masked_tokens"], dtype=np.float64)[rows]
+    truncated = np.asarray(cols["truncated"], dtype=bool)[rows]
+    out.update({"mismatch/weight_mean": float(weights.sum() / lengths.sum()),
+                "mismatch/token_masked_frac": float(masked.sum() / lengths.sum()),
+                "mismatch/seq_masked_frac": float((masked == lengths).mean())})
+    for name, part in (("truncated", truncated), ("finished", ~truncated)):
+        if part.any():
+            out[f"mismatch/masked_frac_{name}"] = float(masked[part].sum() / lengths[part].sum())
     return out

@@ -45,10 +45,12 @@ ROLLOUT_SCHEMA: dict[str, pa.DataType] = {
     "advantage": pa.float32(),
 }
 _REQUIRED_ROLLOUT = tuple(k for k in ROLLOUT_SCHEMA if k != "correct")
-# Written with logger.store_tokens=true: each row's token ids (variable length).
+# Written with logger.store_tokens=true: each row's token ids and the sampler's log-prob of
+# each completion token (variable length).
 TOKEN_COLUMNS: dict[str, pa.DataType] = {
     "prompt_tokens": pa.list_(pa.int32()),
     "completion_tokens": pa.list_(pa.int32()),
+    "sampler_logprobs": pa.list_(pa.float32()),
 }
 _PART_RE = re.compile(r"^part-(\d+)-(\d+)(?:-(\d+))?\.parquet$")
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
@@ -361,7 +363,8 @@ def _rollout_table(chunks: list[dict[str, np.ndarray]]) -> pa.Table:
             elif name == "truncated":
                 values = values.astype(bool)
             elif name in TOKEN_COLUMNS:
-                values = [list(map(int, v)) for v in values]
+                cast = float if pa.types.is_floating(dtype.value_type) else int
+                values = [list(map(cast, v)) for v in values]
             else:
                 values = _checked_int(name, values, dtype)
             pieces.append(pa.array(values, type=dtype, mask=mask))

@@ -1,10 +1,11 @@
 """The GRPO training loop, top to bottom.
 
-One step: pick prompts -> sample ``rollout.n`` completions each -> score -> group-relative
+One step: pick prompts -> sample ``rollout.n`` completions each (with DAPO's dynamic
+sampling, in rounds until enough groups carry signal) -> score -> group-relative
 advantages -> clipped policy-gradient update(s) in a DeepSpeed engine -> gather the whole
 global batch -> length telemetry to the run store and W&B -> checkpoint if due.
 
-Every random draw is seeded from (seed, step, rank), so a resumed run continues exactly as
+Every random draw is seeded from (seed, step, rank, round), so a resumed run continues exactly as
 the uninterrupted one would (no RNG state is saved).
 """
 
@@ -33,6 +34,7 @@ from grpo_cli.train import checkpoint as ckpt
 from grpo_cli.train import engine as eng
 from grpo_cli.train.batch import Batch, logprobs_no_grad, make_batch
 from grpo_cli.train.build import Inputs, Models, build_models, load_inputs
+from grpo_cli.train.dynamic import BatchRows, draw_informative
 from grpo_cli.train.sample import (
     Rollouts,
     Scored,
@@ -115,16 +117,13 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
         val_metrics = probe(x, step)
         step_start = time.perf_counter()
         cap = step_cap(cfg, step, tally)
-        rollouts, scored = sample_and_score(x, sampler.next(t.prompts_per_step), cap, step)
+        rollouts, scored, rows = sample_step(x, sampler, cap, step)
         kept = gfpo_filter(rollouts, scored, cfg)
         adv = advantages(scored.rewards, rollouts.truncated, cfg, kept)
-        batch = make_batch([prompts.prompt_ids[i] for i in rollouts.prompt_ids],
-                           rollouts.completions, adv, inputs.tokenizer.pad_token_id,
-                           cfg.algorithm.mask_truncated, rollouts.vision, inputs.image_token_id)
-        if kept is not None:  # GFPO: only the kept completions enter the update
-            batch.loss_mask[~torch.as_tensor(kept)] = 0.0
+        batch = build_batch(x, rollouts, adv, rows, kept)
         train_start = time.perf_counter()
-        train_stats = update(x, batch, cap, tally)
+        train_stats, row_stats = update(x, batch, cap, tally)
+        scored.columns.update(scatter_rows(row_stats, rows, len(rollouts.lengths)))
         timings = {"perf/rollout_s": train_start - step_start,
                    "perf/train_s": time.perf_counter() - train_start, **eng.peak_memory(d)}
         log_step(x, step, cap, rollouts, scored, adv, train_stats, val_metrics, timings,
@@ -190,16 +189,59 @@ def probe(x: Setup, step: int) -> dict[str, Any]:
                               x.inputs.tokenizer, step, x.d)
 
 
-def sample_and_score(x: Setup, global_ids: list[int], cap: int,
-                     step: int) -> tuple[Rollouts, Scored]:
-    """This rank's share of the step's prompts, sampled ``rollout.n`` times each and scored."""
+def sample_step(x: Setup, sampler: PromptSampler, cap: int,
+                step: int) -> tuple[Rollouts, Scored, BatchRows]:
+    """This rank's rollouts of the step and the rows of them the update trains on: one
+    round of ``prompts_per_step`` prompts, or (dynamic sampling) rounds until the batch
+    holds that many informative groups."""
+    cfg = x.cfg
+
+    def draw(round_: int) -> tuple[Rollouts, Scored]:
+        return sample_and_score(x, sampler.next(cfg.trainer.prompts_per_step), cap, step, round_)
+
+    if not cfg.algorithm.dynamic_sampling:
+        r, s = draw(0)
+        return r, s, BatchRows.every(len(r.lengths))
+    return draw_informative(draw, cfg.trainer.prompts_per_step // x.d.world, cfg.rollout.n,
+                            cfg.algorithm, x.d)
+
+
+def sample_and_score(x: Setup, global_ids: list[int], cap: int, step: int,
+                     round_: int = 0) -> tuple[Rollouts, Scored]:
+    """This rank's share of a round's prompts, sampled ``rollout.n`` times each and scored."""
     cfg, d = x.cfg, x.d
     per_rank = cfg.trainer.prompts_per_step // d.world
     ids = global_ids[d.rank * per_rank : (d.rank + 1) * per_rank]
+    seed = cfg.seed * 1_000_003 + step * 1_009 + d.rank + round_ * 100_003
     rollouts = sample(x.models.rollout, x.inputs.prompts, ids, cap, cfg.rollout.n, cfg,
-                      x.inputs.tokenizer, seed=cfg.seed * 1_000_003 + step * 1_009 + d.rank)
+                      x.inputs.tokenizer, seed=seed)
     return rollouts, score(rollouts, x.inputs.prompts, cap, cfg.rollout.n, step, cfg,
                            x.inputs.reward_fn)
+
+
+def build_batch(x: Setup, r: Rollouts, adv: torch.Tensor, rows: BatchRows,
+                kept: np.ndarray | None) -> Batch:
+    """Training tensors of the batch rows; rows that carry no loss (GFPO's unkept, dynamic
+    sampling's filler) get an all-zero loss mask."""
+    idx = rows.rows
+    batch = make_batch([x.inputs.prompts.prompt_ids[r.prompt_ids[i]] for i in idx],
+                       [r.completions[i] for i in idx], adv[torch.as_tensor(idx)],
+                       x.inputs.tokenizer.pad_token_id, x.cfg.algorithm.mask_truncated,
+                       [r.vision[i] for i in idx] if r.vision is not None else None,
+                       x.inputs.image_token_id)
+    loss = rows.loss if kept is None else rows.loss & kept[idx]
+    batch.loss_mask[~torch.as_tensor(loss)] = 0.0
+    return batch
+
+
+def scatter_rows(row_stats: dict[str, np.ndarray], rows: BatchRows,
+                 n: int) -> dict[str, np.ndarray]:
+    """The update's per-row numbers as rollout columns over all sampled rows [n] (NaN for
+    rows outside the batch)."""
+    out = {k: np.full(n, np.nan, dtype=np.float32) for k in row_stats}
+    for k, v in row_stats.items():
+        out[k][rows.rows] = v
+    return out
 
 
 def gfpo_filter(r: Rollouts, s: Scored, cfg: RunConfig) -> np.ndarray | None:
@@ -228,14 +270,15 @@ def advantages(rewards: np.ndarray, truncated: np.ndarray, cfg: RunConfig,
                             estimator=a.adv_estimator)
 
 
-def update(x: Setup, batch: Batch, cap: int, tally: Tally) -> dict[str, float]:
+def update(x: Setup, batch: Batch, cap: int,
+           tally: Tally) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Reference log-probs if KL is on, then the policy update; stops a diverged run."""
     cfg, t = x.cfg, x.cfg.trainer
     ref_logp = None
     if x.models.reference is not None:
         ref_logp = logprobs_no_grad(x.models.reference, batch, t.micro_batch_size,
                                     cfg.rollout.temperature, t.group_by_length, x.d.device)
-    stats = train_on_batch(x.models.policy, batch, cfg, cap, x.d, ref_logp)
+    stats, row_stats = train_on_batch(x.models.policy, batch, cfg, cap, x.d, ref_logp)
     tally.bad_updates += int(stats["train/skipped_updates"])
     stats["train/skipped_updates_total"] = float(tally.bad_updates)
     if tally.bad_updates > t.max_bad_steps:
@@ -243,7 +286,7 @@ def update(x: Setup, batch: Batch, cap: int, tally: Tally) -> dict[str, float]:
             f"{tally.bad_updates} optimiser updates had non-finite gradients and were skipped "
             f"(trainer.max_bad_steps={t.max_bad_steps}); lower trainer.lr (now {t.lr}) "
             f"or trainer.grad_clip (now {t.grad_clip}), and check the rewards")
-    return stats
+    return stats, row_stats
 
 
 def log_step(x: Setup, step: int, cap: int, r: Rollouts, s: Scored, adv: torch.Tensor,
@@ -270,7 +313,7 @@ def log_step(x: Setup, step: int, cap: int, r: Rollouts, s: Scored, adv: torch.T
     metrics = step_length_metrics(cols["response_length"], cols["truncated"], cols["reward"],
                                   group_ids, cols["correct"], cap)
     metrics.update({f"reward/{k}_mean": float(np.nanmean(cols[k])) for k in s.components})
-    metrics.update(length_control_metrics(cols))
+    metrics.update(length_control_metrics(cols, cfg.rollout.n, cfg.trainer.prompts_per_step))
     tally.clip_ratios.append(metrics["length/clip_ratio"])
     metrics.update(train_stats)
     step_s = time.perf_counter() - step_start
@@ -291,13 +334,15 @@ def log_step(x: Setup, step: int, cap: int, r: Rollouts, s: Scored, adv: torch.T
 
 
 def token_columns(x: Setup, r: Rollouts) -> dict[str, np.ndarray]:
-    """Each row's prompt and completion token ids, as object arrays of lists [N]."""
+    """Each row's prompt and completion token ids and the sampler's log-prob of each
+    completion token, as object arrays of lists [N]."""
     prompt_ids = x.inputs.prompts.prompt_ids
-    out = {"prompt_tokens": np.empty(len(r.completions), dtype=object),
-           "completion_tokens": np.empty(len(r.completions), dtype=object)}
+    out = {k: np.empty(len(r.completions), dtype=object)
+           for k in ("prompt_tokens", "completion_tokens", "sampler_logprobs")}
     for i, (p, c) in enumerate(zip(r.prompt_ids, r.completions, strict=True)):
         out["prompt_tokens"][i] = list(prompt_ids[p])
         out["completion_tokens"][i] = list(c.token_ids)
+        out["sampler_logprobs"][i] = list(c.logprobs)
     return out
 
 

@@ -42,7 +42,8 @@ class Scored:
     rewards: np.ndarray  # [N] final reward (task reward + length terms)
     correct: np.ndarray  # [N] float, NaN = unknown
     components: dict[str, np.ndarray]  # each [N]
-    # Other per-row rollout columns: ``budget`` (data.length_budget), ``gfpo_kept`` (GFPO).
+    # Other per-row rollout columns: ``budget`` (data.length_budget), ``gfpo_kept`` (GFPO),
+    # ``round``/``informative``/``trained`` (dynamic sampling), the update's per-row numbers.
     columns: dict[str, np.ndarray] = field(default_factory=dict)
 
 

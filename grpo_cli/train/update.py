@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from grpo_cli.algo.correction import correction_weights, mismatch_log_ratio
 from grpo_cli.algo.kl import kl_k3
 from grpo_cli.algo.losses import policy_gradient_loss, token_loss_weights
 from grpo_cli.config.schema import RunConfig
@@ -20,13 +21,17 @@ from grpo_cli.train.batch import Batch, forward_logprobs, logprobs_no_grad, micr
 
 # Per-rank sums reduced over ranks at the end of the update (see `summarise`).
 STAT_KEYS = ("loss", "entropy", "kl", "clipped", "tokens", "lp_diff", "lp_tokens")
+# Per-row numbers of the batch at the weights that sampled (rollout columns):
+# the summed trainer-minus-sampler log-ratio over the generated tokens, and with a
+# rollout correction the summed weight and the count of tokens it zeroed.
+ROW_KEYS = ("logratio_sum", "is_weight_sum", "is_masked_tokens")
 
 
 def train_on_batch(
     policy: Any, b: Batch, cfg: RunConfig, cap: int, d: eng.Dist, ref_logp: torch.Tensor | None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Update the policy on the batch; returns the step's ``loss/``, ``policy/`` and
-    ``train/`` metrics, reduced over ranks."""
+    ``train/`` metrics, reduced over ranks, and this rank's per-row :data:`ROW_KEYS` [N]."""
     t = cfg.trainer
     old_logp = None  # one update: the ratio is 1 and old log-probs are the detached current
     if t.updates_per_batch > 1:
@@ -34,16 +39,19 @@ def train_on_batch(
                                     t.group_by_length, d.device)
     per_update = len(b.advantages) // t.updates_per_batch
     sums = dict.fromkeys(STAT_KEYS, 0.0)
+    keys = ROW_KEYS if cfg.algorithm.rollout_correction != "none" else ROW_KEYS[:1]
+    rows_out = {k: torch.zeros(len(b.advantages), dtype=torch.float64) for k in keys}
     grad_norms: list[float] = []
     skipped = 0  # updates dropped for non-finite gradients
     for u in range(t.updates_per_batch):
         rows = slice(u * per_update, (u + 1) * per_update)
         skipped += optimiser_update(policy, b, rows, cfg, cap, d, old_logp, ref_logp, sums,
-                                    compare_sampler=u == 0)
+                                    rows_out)
         grad_norm = policy.get_global_grad_norm()
         if grad_norm is not None and np.isfinite(float(grad_norm)):
             grad_norms.append(float(grad_norm))
-    return summarise(sums, grad_norms, skipped, t.updates_per_batch, ref_logp is not None, d)
+    stats = summarise(sums, grad_norms, skipped, t.updates_per_batch, ref_logp is not None, d)
+    return stats, {k: v.numpy() for k, v in rows_out.items()}
 
 
 def global_counts(loss_mask: torch.Tensor, d: eng.Dist) -> tuple[float, float]:
@@ -57,25 +65,28 @@ def global_counts(loss_mask: torch.Tensor, d: eng.Dist) -> tuple[float, float]:
 def optimiser_update(
     policy: Any, b: Batch, rows: slice, cfg: RunConfig, cap: int, d: eng.Dist,
     old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None, sums: dict[str, float],
-    compare_sampler: bool,
+    rows_out: dict[str, torch.Tensor],
 ) -> int:
     """One optimiser step over ``rows``, accumulated over micro-batches; returns 1 when it
-    was skipped for non-finite gradients. Adds this rank's statistics to ``sums``."""
+    was skipped for non-finite gradients. Adds this rank's statistics to ``sums`` and the
+    per-row ones to ``rows_out``."""
     counts = global_counts(b.loss_mask[rows], d)
     t = cfg.trainer
     skipped = 0
     for idx in micro_batches(b, rows, t.micro_batch_size, t.group_by_length):
         skipped += micro_step(policy, b, idx, cfg, cap, d, counts, old_logp, ref_logp, sums,
-                              compare_sampler)
+                              rows_out)
     return skipped
 
 
 def micro_step(
     policy: Any, b: Batch, idx: torch.Tensor, cfg: RunConfig, cap: int, d: eng.Dist,
     counts: tuple[float, float], old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
-    sums: dict[str, float], compare_sampler: bool,
+    sums: dict[str, float], rows_out: dict[str, torch.Tensor],
 ) -> int:
-    """Forward, loss and backward of the rows ``idx`` (DeepSpeed steps at the window's end)."""
+    """Forward, loss and backward of the rows ``idx`` (DeepSpeed steps at the window's end).
+    The updates of a batch take disjoint rows, so each row is compared with the sampler
+    once, at the weights that sampled (``old``)."""
     a = cfg.algorithm
     m = take(b, idx, trim=cfg.trainer.group_by_length).to(d.device)  # [n, P' + T'] rows
     width = m.completion_ids.shape[1]  # T'
@@ -83,14 +94,21 @@ def micro_step(
     logp, entropy = forward_logprobs(policy, m, cfg.rollout.temperature, with_entropy=True)
     assert entropy is not None
     old = logp.detach() if old_logp is None else old_logp[idx, :width]  # on the device
-    if compare_sampler:  # sampler vs trainer on the same weights: ~0 for hf in fp32
-        # generated tokens are where the completion part of the attention mask is 1
-        generated = m.attention_mask[:, m.prompt_width:].float()
-        sums["lp_diff"] += float(((logp.detach() - m.sampling_logprobs).abs() * generated).sum())
-        sums["lp_tokens"] += float(generated.sum())
+    # generated tokens are where the completion part of the attention mask is 1
+    generated = m.attention_mask[:, m.prompt_width:].float()  # [n, T']
+    # the trainer at the weights that sampled vs the sampler: ~0 for hf in fp32
+    log_ratio = mismatch_log_ratio(old, m.sampling_logprobs, generated)  # [n, T']
+    is_weights = correction_weights(log_ratio, generated, a.rollout_correction,
+                                    a.rollout_correction_cap, a.rollout_correction_low,
+                                    a.rollout_correction_high)  # [n, T']
+    sums["lp_diff"] += float(((old - m.sampling_logprobs).abs() * generated).sum())
+    sums["lp_tokens"] += float(generated.sum())
+    record_rows(rows_out, idx, log_ratio, is_weights, generated)
     token_loss, clipped = policy_gradient_loss(
         logp, old, m.advantages, a.clip_ratio_low, a.clip_ratio_high
     )  # [n, T] each
+    if a.rollout_correction != "none":
+        token_loss = token_loss * is_weights
     if ref_logp is not None:
         kl = kl_k3(logp, ref_logp[idx, :width])
         token_loss = token_loss + a.kl_coef * kl
@@ -109,6 +127,16 @@ def micro_step(
     return int(skipped)
 
 
+def record_rows(rows_out: dict[str, torch.Tensor], idx: torch.Tensor, log_ratio: torch.Tensor,
+                weights: torch.Tensor, generated: torch.Tensor) -> None:
+    """Per-row sums over the generated tokens of rows ``idx`` into ``rows_out`` (host)."""
+    rows_out["logratio_sum"][idx] = log_ratio.sum(dim=1).double().cpu()
+    if "is_weight_sum" in rows_out:
+        rows_out["is_weight_sum"][idx] = weights.sum(dim=1).double().cpu()
+        zeroed = ((weights == 0) & (generated > 0)).sum(dim=1)  # [n]
+        rows_out["is_masked_tokens"][idx] = zeroed.double().cpu()
+
+
 def summarise(sums: dict[str, float], grad_norms: list[float], skipped: int, updates: int,
               with_kl: bool, d: eng.Dist) -> dict[str, float]:
     """Reduce the per-rank sums over ranks into per-token means."""
@@ -119,7 +147,7 @@ def summarise(sums: dict[str, float], grad_norms: list[float], skipped: int, upd
         "loss/pg": totals["loss"] / updates,
         "policy/entropy": totals["entropy"] / tokens,
         "policy/clip_frac": totals["clipped"] / tokens,
-        # mean |log p_sampler - log p_trainer| per generated token, before the first update
+        # mean |log p_sampler - log p_trainer| per generated token, at the sampling weights
         "rollout/logprob_diff": totals["lp_diff"] / max(totals["lp_tokens"], 1.0),
         "train/skipped_updates": float(skipped),
     }

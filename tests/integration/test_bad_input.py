@@ -72,6 +72,27 @@ CASES = [
     # (braces doubled: the cases are str.format-ted with the fixture's directory)
     (["run", "data.prompt_template={{problem}} Answer:"],
      "data.prompt_template: the value '{{problem}} Answer:' is not valid override syntax"),
+    # dynamic sampling and the mismatch correction
+    (["run", "algorithm.dynamic_sampling_max_rounds=0"],
+     "algorithm.dynamic_sampling_max_rounds=0: must be >= 1"),
+    (["run", "algorithm.filter_groups.max_num_gen_batches=0"],  # veRL's name, its "no limit"
+     "algorithm.dynamic_sampling_max_rounds=0: must be >= 1"),
+    (["run", "algorithm.filter_low=0.9", "algorithm.filter_high=0.1"],
+     "algorithm.dynamic_sampling_low=0.9 must be below algorithm.dynamic_sampling_high=0.1"),
+    (["run", "algorithm.filter_groups.metric=acc"], "use algorithm.dynamic_sampling_key"),
+    (["run", "algorithm.rollout_correction=token_truncate"],
+     "algorithm.rollout_correction=token_truncate: allowed values are none, tis, icepop, "
+     "seq_mask"),
+    (["run", "vllm_importance_sampling_mode=token_mask"],
+     "use algorithm.rollout_correction (token_truncate: tis"),
+    (["run", "algorithm.rollout_correction=tis", "algorithm.rollout_correction_cap=0.5"],
+     "algorithm.rollout_correction_cap=0.5: must be >= 1"),
+    (["run", "algorithm.rollout_correction=icepop", "algorithm.rollout_correction_low=1.2"],
+     "algorithm.rollout_correction_low=1.2, algorithm.rollout_correction_high=5.0: need 0 <= "
+     "low <= 1 <= high"),
+    (["run", *QUICK, "algorithm.dynamic_sampling=true", "algorithm.dynamic_sampling_key=acc"],
+     "algorithm.dynamic_sampling_key=acc: the reward has no such component; use reward or one "
+     "of accuracy, format"),
     (["run", "max_len=5000"], "exceeds the model context"),
     (["run", "algorithm.loss_agg_mode=foo"], "allowed values are seq-mean-token-mean"),
     (["run", "length.schedule=[[0,-3]]"], "length.schedule[0]: cap -3 must be > 0"),
@@ -128,7 +149,8 @@ def test_bad_input_is_one_line_exit_2(grpo, runs_dir: Path, files: Path, argv: l
                                       expected: str) -> None:
     args = [a.format(d=files) for a in argv]
     started = any(a.startswith("reward.function") and ("wrong" in a or "short" in a
-                                                       or "overall" in a) for a in args)
+                                                       or "overall" in a)
+                  or a.startswith("algorithm.dynamic_sampling_key") for a in args)
     res = grpo(*args)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr

@@ -149,6 +149,12 @@ CASES = {
                                  "algorithm.kl_coef=0.1", "trainer.micro_batch_size=2"],
     "generate": ["rollout.drop_finished=false"],
     "vision-language": ["config=conf/experiment/toy_vl.yaml", "data.toy_size=8"],
+    "dapo-dynamic-tis-two-updates": ["algorithm=dapo", "algorithm.rollout_correction=tis",
+                                     "trainer.updates_per_batch=2"],
+    "vision-language-dynamic-icepop": ["config=conf/experiment/toy_vl.yaml", "data.toy_size=8",
+                                       "algorithm.dynamic_sampling=true",
+                                       "algorithm.dynamic_sampling_max_rounds=2",
+                                       "algorithm.rollout_correction=icepop"],
 }
 
 
@@ -165,6 +171,8 @@ def test_a_step_runs_with_the_model_on_the_device(monkeypatch: pytest.MonkeyPatc
     assert np.isfinite(m["loss/pg"]) and m["train/skipped_updates"] == 0
     assert "val/length/mean" in m
     assert json.loads((run / "meta.json").read_text())["status"] == "completed"
+    if "dynamic" in name:  # more than one round: the rounds' rows were joined
+        assert m["dynamic/rounds"] == 2 and "mismatch/weight_mean" in m
 
 
 def test_the_device_run_computes_what_the_host_run_does(monkeypatch: pytest.MonkeyPatch,

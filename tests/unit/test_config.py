@@ -70,6 +70,44 @@ def test_max_len_alias_and_order_of_overrides(tmp_path: Path) -> None:
     assert exp.read_text().startswith("# my experiment")  # the user's file is untouched
 
 
+def test_dapo_samples_dynamically_and_other_frameworks_names_map_to_the_keys() -> None:
+    cfg, _ = load_run_config(["algorithm=dapo"])
+    a = cfg.algorithm
+    assert a.dynamic_sampling and a.dynamic_sampling_key == "reward"
+    assert a.dynamic_sampling_max_rounds == 10 and a.rollout_correction == "none"
+    cfg, _ = load_run_config([  # EasyR1's online filtering, veRL's filter_groups
+        "algorithm.online_filtering=true", "algorithm.filter_key=accuracy",
+        "algorithm.filter_low=0.01", "algorithm.filter_high=0.99",
+        "algorithm.filter_groups.max_num_gen_batches=3"])
+    a = cfg.algorithm
+    assert (a.dynamic_sampling, a.dynamic_sampling_key, a.dynamic_sampling_low,
+            a.dynamic_sampling_high, a.dynamic_sampling_max_rounds) == (True, "accuracy", 0.01,
+                                                                        0.99, 3)
+    cfg, _ = load_run_config(["algorithm.filter_groups.enable=true",
+                              "trainer.max_try_make_batch=5"])
+    assert cfg.algorithm.dynamic_sampling and cfg.algorithm.dynamic_sampling_max_rounds == 5
+
+
+@pytest.mark.parametrize(("args", "band"), [
+    (["algorithm.rollout_correction=icepop"], (0.5, 5.0)),  # IcePop's published band
+    (["algorithm.rollout_correction=seq_mask"], (0.999, 1.001)),  # veRL's geometric one
+    (["algorithm.rollout_correction=icepop", "algorithm.rollout_correction_low=0.8"],
+     (0.8, 5.0)),
+    (["algorithm.rollout_correction=seq_mask",
+      "algorithm.rollout_correction.rollout_rs_threshold_lower=0.99",
+      "algorithm.rollout_correction.rollout_rs_threshold=1.02"], (0.99, 1.02)),
+    (["algorithm.rollout_correction=tis"], (None, None)),
+])
+def test_a_masking_correction_gets_its_published_band_unless_set(
+        args: list[str], band: tuple[float | None, float | None]) -> None:
+    cfg, _ = load_run_config(args)
+    a = cfg.algorithm
+    assert (a.rollout_correction_low, a.rollout_correction_high) == band
+    cfg, _ = load_run_config(["algorithm.rollout_correction=tis",
+                              "vllm_importance_sampling_cap=3.0"])
+    assert cfg.algorithm.rollout_correction_cap == 3.0
+
+
 def test_parse_args_rejects_non_override() -> None:
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_args(["trainer.steps"])

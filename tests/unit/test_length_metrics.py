@@ -184,5 +184,5 @@ def test_budget_adherence_metrics() -> None:
 def test_length_control_metrics_only_for_present_columns() -> None:
     cols = {"response_length": np.array([4, 8, 12, 16]),
             "gfpo_kept": np.array([True, False, True, False])}
-    assert length_control_metrics(cols) == {"gfpo/kept_length_mean": 8.0}
-    assert length_control_metrics({"response_length": np.array([1])}) == {}
+    assert length_control_metrics(cols, 1, 1) == {"gfpo/kept_length_mean": 8.0}
+    assert length_control_metrics({"response_length": np.array([1])}, 1, 1) == {}
