@@ -57,21 +57,34 @@ def test_none_and_bad_modes() -> None:
         correction_weights(torch.tensor(LR), MASK, "icepop")
 
 
-def test_the_weighted_loss_keeps_the_global_normalisers() -> None:
-    """token-mean over 5 tokens, advantages (+1, -2), one update (ratio 1): the loss is
-    -(1/5) * sum_t w_t * A_i, the masked tokens still counted in the denominator."""
-    lr = torch.tensor(LR)
-    w = correction_weights(lr, MASK, "icepop", low=0.5, high=1.5)
+E = math.exp
+
+
+@pytest.mark.parametrize(("mode", "kwargs", "w"), [
+    # e^0.5 = 1.65 > cap 1.5; the others below it
+    ("tis", {"cap": 1.5}, [[1.5, E(-1.0), 1.0], [E(-0.1), E(0.1), 0.0]]),
+    # e^0.5 = 1.65 and e^-1 = 0.37 leave [0.5, 1.5]
+    ("icepop", {"low": 0.5, "high": 1.5}, [[0.0, 0.0, 1.0], [E(-0.1), E(0.1), 0.0]]),
+    # row 0's geometric-mean ratio e^(-1/6) = 0.85 leaves [0.9, 1.1], row 1's 1.0 stays
+    ("seq_mask", {"low": 0.9, "high": 1.1}, [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]),
+    ("none", {}, [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
+])
+def test_the_weighted_loss_keeps_the_global_normalisers(mode: str, kwargs: dict,
+                                                        w: list[list[float]]) -> None:
+    """token-mean over the 5 generated tokens, advantages (+1, -2), one update (ratio 1):
+    loss = -(1/5) sum_t w_t A_i, tokens a weight zeroes still in the denominator; and
+    d loss / d logp_t = -w_t A_i / 5."""
+    weights = correction_weights(torch.tensor(LR), MASK, mode, **kwargs)
+    torch.testing.assert_close(weights, torch.tensor(w))
     logp = TRAINER.clone().requires_grad_(True)
-    token_loss, _ = policy_gradient_loss(logp, logp.detach(), torch.tensor([1.0, -2.0]), 0.2,
-                                         0.28)
-    weights = token_loss_weights(MASK, "token-mean")
-    loss = (weights * token_loss * w).sum()
-    want = -(1.0 * (0 + 0 + 1) - 2.0 * (math.exp(-0.1) + math.exp(0.1))) / 5
+    adv = [1.0, -2.0]
+    token_loss, _ = policy_gradient_loss(logp, logp.detach(), torch.tensor(adv), 0.2, 0.28)
+    loss = (token_loss_weights(MASK, "token-mean") * token_loss * weights).sum()
+    want = -sum(a * sum(row) for a, row in zip(adv, w, strict=True)) / 5
     assert float(loss.detach()) == pytest.approx(want, rel=1e-6)
-    loss.backward()  # d loss / d logp_t = -w_t * A_i / 5 (ratio 1)
-    torch.testing.assert_close(logp.grad, -torch.tensor([[0, 0, 1.0], [-2 * math.exp(-0.1),
-                                                           -2 * math.exp(0.1), 0]]) / 5)
+    loss.backward()
+    grad = [[-wt * a / 5 for wt in row] for a, row in zip(adv, w, strict=True)]
+    torch.testing.assert_close(logp.grad, torch.tensor(grad))
 
 
 def test_mismatch_metrics_hand_computed() -> None:
