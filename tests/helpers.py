@@ -66,6 +66,48 @@ def start_grpo(runs_dir: Path, *args: str, env: dict[str, str] | None = None,
                             text=True, **kwargs)
 
 
+class Gate:
+    """A barrier inside a run, so a test can signal it at a known point instead of racing a
+    polling loop against its steps: the run's reward function (the toy's own scores), on the
+    ``at``-th batch a process scores, writes ``ready`` and waits until the test opens the
+    gate (``go``). Each process counts its own calls (every rank stops at its ``at``-th)."""
+
+    def __init__(self, folder: Path, at: int) -> None:
+        self.ready, self.go = folder / "gate.ready", folder / "gate.go"
+        self.file = folder / "gate.py"
+        self.file.write_text(
+            "import time\n"
+            "from pathlib import Path\n"
+            "from grpo_cli.rewards.math import compute_score\n"
+            "CALLS = [0]\n"
+            "def fn(batch):\n"
+            "    CALLS[0] += 1\n"
+            f"    if CALLS[0] == {at}:\n"
+            f"        Path({str(self.ready)!r}).touch()\n"
+            "        deadline = time.time() + 300\n"
+            f"        while not Path({str(self.go)!r}).exists() and time.time() < deadline:\n"
+            "            time.sleep(0.05)\n"
+            "    return compute_score(batch)\n")
+
+    @property
+    def reward(self) -> str:
+        """The override that puts the gate in the run."""
+        return f"reward.function={self.file}:fn"
+
+    def wait(self, proc: subprocess.Popen[str], timeout: float = 300) -> None:
+        """Until the run stands at the gate (it must not have ended)."""
+        import time
+
+        deadline = time.time() + timeout
+        while not self.ready.exists():
+            assert proc.poll() is None, "the run ended before it reached the gate"
+            assert time.time() < deadline, "the run did not reach the gate"
+            time.sleep(0.05)
+
+    def open(self) -> None:
+        self.go.touch()
+
+
 def run_id_of(res: subprocess.CompletedProcess[str]) -> str:
     """The run id `grpo run` prints last, after checking it succeeded."""
     assert res.returncode == 0, res.stderr[-3000:]

@@ -7,13 +7,12 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY, run_grpo, start_grpo
+from tests.helpers import TINY, Gate, run_grpo, start_grpo
 
 HEADER = ["id", "name", "status", "steps", "cap", "len", "clip", "reward"]
 FOOTER = "len, clip, reward: means over the last 10% of each run's steps"
@@ -38,14 +37,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     assert res.returncode == 1, res.stderr[-3000:]  # arm 0 failed, arm 1 completed
     (manifest,) = (root / "sweeps").glob("*/manifest.json")
     arms = [a["run_id"] for a in json.loads(manifest.read_text())["arms"]]
+    gate = Gate(root.parent, at=4)  # interrupted while step 3 scores (no probe)
     proc = start_grpo(root, "run", *TINY, "trainer.steps=500", "max_len=24", "name=probe",
                       "logger.wandb.mode=disabled", "trainer.save_on_interrupt=false",
+                      "trainer.val_every=0", gate.reward,
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(
-            p.read_text().count("\n") >= 3 for p in root.glob("2*/metrics.jsonl")):
-        time.sleep(0.2)
+    gate.wait(proc)
     proc.send_signal(signal.SIGINT)
+    gate.open()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     (run,) = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("sweep")]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
-from tests.helpers import REPO, TINY, cli_env, run_grpo, start_grpo
+from tests.helpers import REPO, TINY, Gate, cli_env, run_grpo, start_grpo
 
 
 def run_dir_of(runs_dir: Path, stdout: str) -> Path:
@@ -115,29 +115,26 @@ def test_two_cpu_ranks(runs_dir: Path, zero_stage: int, self_launched: bool) -> 
     metrics = read_metrics(run)
     assert [m["step"] for m in metrics] == list(range(steps))
     assert all("policy/kl" in m for m in metrics)
-    # the sampler's log-probs are the trainer's (fp32, same weights, gathered under ZeRO-3)
-    assert all(m["rollout/logprob_diff"] < 1e-3 for m in metrics)
+    # the sampler's log-probs are the trainer's (fp32, same weights, gathered under ZeRO-3;
+    # a stale tied head measures ~1e-3)
+    assert all(m["rollout/logprob_diff"] < 1e-5 for m in metrics)
     rollouts = read_rollouts(run)
     assert len(rollouts) == steps * prompts * n  # both ranks' completions, once each
     assert os.path.isdir(run / "wandb")
 
 
-def _signal_after_two_steps(runs_dir: Path, sig: str, *args: str) -> tuple[int, str]:
-    """Start a long `grpo run` (run id `sig`), send ``sig`` once two steps are recorded;
-    the exit code and stderr."""
+def _signal_during_step_2(runs_dir: Path, sig: str, *args: str) -> tuple[int, str]:
+    """Start a long `grpo run` (run id `sig`) and send ``sig`` while step 2 scores its
+    batch (a gate in its reward holds the step there); the exit code and stderr."""
     import signal
-    import time
 
+    gate = Gate(runs_dir.parent, at=3)  # steps 0 and 1 scored, no probe (val_every=0)
     proc = start_grpo(runs_dir, "run", *TINY, "trainer.steps=500", "max_len=16",
-                      "logger.wandb.mode=disabled", "run_id=sig", *args,
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    metrics = runs_dir / "sig" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if metrics.is_file() and metrics.read_text().count("\n") >= 2:
-            break
-        time.sleep(0.2)
+                      "logger.wandb.mode=disabled", "run_id=sig", "trainer.val_every=0",
+                      gate.reward, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    gate.wait(proc)
     proc.send_signal(getattr(signal, sig))
+    gate.open()
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err
 
@@ -150,14 +147,14 @@ def test_signal_finishes_the_step_checkpoints_and_resumes(runs_dir: Path, sig: s
     finishing the step; the step completes, a checkpoint of it is written, the run is marked
     interrupted with the conventional exit code and ends with the command that continues it;
     `resume=` continues right after that step."""
-    returncode, err = _signal_after_two_steps(runs_dir, sig)
+    returncode, err = _signal_during_step_2(runs_dir, sig)
     assert returncode == code, err[-2000:]
     assert (f"grpo: {name}: finishing the current step, saving a checkpoint, then stopping "
             f"({name} again stops at once)") in err
     meta = json.loads((runs_dir / "sig" / "meta.json").read_text())
     assert meta["status"] == "interrupted" and "end_time" in meta
     steps = [m["step"] for m in read_metrics(runs_dir / "sig")]
-    assert 2 <= len(steps) < 500 and steps == list(range(len(steps)))
+    assert steps == [0, 1, 2]  # the step the signal arrived in was finished, no later one
     assert meta["last_checkpoint_step"] == steps[-1]  # the finished step was saved
     assert (f"grpo: run sig stopped; step {steps[-1]} is saved. Continue with: "
             "grpo run resume=sig") in err
@@ -198,8 +195,8 @@ def test_a_trainer_the_kernel_kills_is_recorded_as_failed(runs_dir: Path) -> Non
 def test_interrupt_without_saving_says_it_cannot_resume(runs_dir: Path) -> None:
     """trainer.save_on_interrupt=false: the exit says there is nothing to resume, and
     `resume=` is refused naming the key that would have saved one."""
-    returncode, err = _signal_after_two_steps(runs_dir, "SIGINT",
-                                              "trainer.save_on_interrupt=false")
+    returncode, err = _signal_during_step_2(runs_dir, "SIGINT",
+                                            "trainer.save_on_interrupt=false")
     assert returncode == 130, err[-2000:]
     assert "finishing the current step, no checkpoint (trainer.save_on_interrupt=false)" in err
     assert "grpo: run sig stopped with no checkpoint, so it cannot be resumed" in err

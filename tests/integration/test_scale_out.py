@@ -19,7 +19,7 @@ import pytest
 from grpo_cli.elastic import process_parents
 from grpo_cli.launch import free_port
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
-from tests.helpers import TINY, run_grpo, start_grpo
+from tests.helpers import TINY, Gate, run_grpo, start_grpo
 
 STEPS = 5
 RUN = [*TINY, f"trainer.steps={STEPS}", "max_len=24", "trainer.val_every=0",
@@ -101,7 +101,8 @@ def test_a_rendezvous_that_never_completes_fails_in_time(runs_dir: Path) -> None
     node = start_node(runs_dir, free_port(), "trainer.rdzv_timeout=5")
     _, err = node.communicate(timeout=300)
     assert node.returncode == 1, err[-3000:]
-    assert time.monotonic() - start < 90
+    # the 5 s timeout applied, not the 600 s default (the bound leaves start-up any time)
+    assert time.monotonic() - start < 300
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rendezvous at 127.0.0.1:") and \
         "not all trainer.nodes=2 nodes joined within trainer.rdzv_timeout=5 s" in last, err
@@ -124,22 +125,23 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_and_resumes(
     to every process of the job (so each rank gets several copies: one request). Both ranks
     finish the step, one checkpoint (both ranks' shards) is written, the run is
     `interrupted`, and `resume=` ends with the metrics of the uninterrupted run."""
+    gate = Gate(runs_dir.parent, at=2)  # every rank held while step 1 scores its batch
     proc = start_grpo(runs_dir, "run", *RUN, "trainer.zero_stage=2", "trainer.gpus=2",
-                      "trainer.steps=500", "run_id=pre", stdout=subprocess.PIPE,
+                      "trainer.steps=500", "run_id=pre", gate.reward, stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE, env=ONE_THREAD)
     run = runs_dir / "pre"
-    wait_for_steps(run, 1, proc)
+    gate.wait(proc)
     job = descendants(proc.pid)
     assert len(job) >= 3  # torchrun's agent and the two ranks
     for pid in [proc.pid, *job]:
         os.kill(pid, signal.SIGTERM)
+    gate.open()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-3000:]
     assert err.count("grpo: SIGTERM: finishing the current step, saving a checkpoint") == 1
     meta = json.loads((run / "meta.json").read_text())
     done = [m["step"] for m in read_metrics(run)]
-    assert meta["status"] == "interrupted" and done == list(range(len(done)))
-    assert len(done) < STEPS - 1, "stopped too late for the test to resume anything"
+    assert meta["status"] == "interrupted" and done == [0, 1]  # step 1 finished, no later
     (ckpt,) = (run / "checkpoints").glob("step-*")  # written once, at the last finished step
     assert ckpt.name == f"step-{done[-1]:06d}" and (ckpt / "complete.json").is_file()
     shards = sorted(p.name for p in ckpt.glob("*optim_states.pt"))

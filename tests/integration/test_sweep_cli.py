@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -172,10 +173,11 @@ def test_a_preempted_multi_rank_submitit_arm_is_resumed_by_sweep_resume(runs_dir
             not next(runs_dir.glob("sweep-*-000/metrics.jsonl")).read_text():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.2)
-    job = subprocess.run(["pgrep", "-f", "submitit.local._local"], capture_output=True,
-                         text=True).stdout.split()
+    # this sweep's own job process (other sweeps may run on the machine)
+    job = [p for p in psutil.Process(proc.pid).children(recursive=True)
+           if "submitit.local._local" in " ".join(p.cmdline())]
     assert len(job) == 1, job
-    os.kill(int(job[0]), signal.SIGTERM)  # the job, not the sweep process
+    job[0].send_signal(signal.SIGTERM)  # the job, not the sweep process
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err[-3000:]
     m = manifest(runs_dir)
@@ -209,20 +211,16 @@ def test_a_signal_marks_the_sweep_interrupted_and_resume_continues_the_arm(
     for a sweep that ended) and `--resume` continues that arm's own run from its checkpoint."""
     import signal
     import subprocess
-    import time
 
-    from tests.helpers import start_grpo
+    from tests.helpers import Gate, start_grpo
 
+    gate = Gate(runs_dir.parent, at=3)  # arm 0 signalled while step 2 scores its batch
     args = ["sweep", "max_len=16,24", *SHORT, "trainer.steps=200", "trainer.val_every=0",
-            "logger.wandb.mode=disabled"]
+            "logger.wandb.mode=disabled", gate.reward]
     proc = start_grpo(runs_dir, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        metrics = list(runs_dir.glob("sweep-*-000/metrics.jsonl"))
-        if metrics and metrics[0].read_text().count("\n") >= 2:
-            break
-        time.sleep(0.2)
+    gate.wait(proc)
     proc.send_signal(getattr(signal, signum))
+    gate.open()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + getattr(signal, signum), err[-2000:]
     man = manifest(runs_dir)
@@ -230,7 +228,7 @@ def test_a_signal_marks_the_sweep_interrupted_and_resume_continues_the_arm(
     assert [a["status"] for a in man["arms"]] == ["interrupted", "pending"]
     run_id = man["arms"][0]["run_id"]
     done = len(read_metrics(runs_dir / run_id))
-    assert 2 <= done < 200
+    assert done == 3  # steps 0-2: the one the signal arrived in finished, no later one
 
     # shorter now: finish both arms (the resumed arm continues its own run)
     short = [a if a != "trainer.steps=200" else f"trainer.steps={done + 1}" for a in args]

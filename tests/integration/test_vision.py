@@ -150,6 +150,8 @@ def test_toy_vl_experiment_runs_with_zero3(grpo, runs_dir: Path) -> None:
     metrics = read_metrics(run)
     assert [m["step"] for m in metrics] == [0, 1]
     assert all(m["max_len"] == 32 for m in metrics)
+    # the sampler (hf, on gathered shards) and the trainer agree on every token
+    assert all(m["rollout/logprob_diff"] < 1e-5 for m in metrics)
     assert (run / "wandb").is_dir()
 
 

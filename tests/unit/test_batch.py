@@ -71,13 +71,20 @@ def test_the_forward_pass_over_a_cut_micro_batch_equals_the_whole_batch() -> Non
     from grpo_cli.models.load import resolve_model_path
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(TOY)).eval()
+    head: list[tuple[int, ...]] = []  # the LM head's output shape at each forward pass
+    model.get_output_embeddings().register_forward_hook(
+        lambda _mod, _inp, out: head.append(tuple(out.shape)))
     b = rows_batch(model.config.vocab_size)
     with torch.no_grad():
         full_lp, full_ent = forward_logprobs(model, b, 0.7, with_entropy=True)  # [6, 9]
+        width = b.completion_ids.shape[1]
+        assert head == [(6, width + 1, model.config.vocab_size)] and \
+            b.input_ids.shape[1] > width + 1  # not the prompt's positions
         for idx in micro_batches(b, slice(0, 6), 2, by_length=True):
             m = take(b, idx, trim=True)
             lp, ent = forward_logprobs(model, m, 0.7, with_entropy=True)  # [2, t]
             assert lp.shape == m.completion_ids.shape
+            assert head[-1] == (2, m.completion_ids.shape[1] + 1, model.config.vocab_size)
             keep = m.attention_mask[:, m.prompt_width:].bool()  # [2, t]
             want = full_lp[idx, : lp.shape[1]]
             torch.testing.assert_close(lp[keep], want[keep], atol=1e-5, rtol=1e-5)

@@ -13,18 +13,27 @@ from tests.helpers import tiny_engine
 
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_the_reference_engine_is_frozen_and_unpartitioned_below_zero3(stage: int) -> None:
-    """The KL reference: no parameter takes gradients, and outside ZeRO-3 no partitioning
-    (a frozen copy gains nothing from ZeRO 1-2)."""
+    """The KL reference: no parameter takes gradients; outside ZeRO-3 no partitioning (a
+    frozen copy gains nothing from ZeRO 1-2), at ZeRO-3 every tensor sharded like the
+    policy's."""
     import torch
 
     eng.init_distributed()
     cfg = RunConfig()
     cfg.trainer.zero_stage = stage
     cfg.trainer.prompts_per_step, cfg.rollout.n, cfg.trainer.micro_batch_size = 1, 2, 2
+    # every tensor above 0 elements is partitioned at ZeRO-3 (DeepSpeed keeps small ones whole)
+    cfg.trainer.deepspeed = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
     ref = eng.make_reference_engine(model, eng.ds_config(cfg, 1))
-    assert not any(p.requires_grad for p in ref.module.parameters())
+    params = list(ref.module.parameters())
+    assert not any(p.requires_grad for p in params)
     assert ref.zero_optimization_stage() == (3 if stage == 3 else 0)
+    # ZeRO-3: each tensor is a partitioned stand-in (no local elements) for ds_numel of them
+    sharded = [hasattr(p, "ds_numel") and p.numel() == 0 for p in params]
+    assert sharded == [stage == 3] * 4
+    if stage == 3:
+        assert [p.ds_numel for p in params] == [16, 4, 4, 1]
 
 
 @pytest.mark.parametrize("stage", [0, 2])
