@@ -215,8 +215,9 @@ Examples:
 
 @app.command(help=REPORT_HELP)
 def report(
-    targets: Annotated[list[str], typer.Argument(help="run ids, sweep id, W&B run dir or "
-                                                      "wandb:entity/project/run_id")],
+    targets: Annotated[list[str], typer.Argument(
+        metavar="TARGETS", help="run ids, sweep id, W&B run dir or "
+        "wandb:entity/project/run_id")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="report directory (default: "
                                              "<runs root>/reports/<name>/)")] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="open report.html in a browser")]

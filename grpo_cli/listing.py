@@ -25,8 +25,9 @@ E = TypeVar("E", bound="RunEntry | SweepEntry")
 UNKNOWN = "?"
 # Folders under the root that are not runs.
 _NOT_RUNS = frozenset({"sweeps", "reports"})
-COLUMNS = ("id", "name", "status", "steps", "cap", "len", "clip", "reward")
+COLUMNS = ("id", "name", "status", "steps", "model", "data", "cap", "len", "clip", "reward")
 FOOTER = ("len, clip, reward: means over the last 10% of each run's steps; "
+          "model, data: model.path, data.train_files (file names); "
           "cap: data.max_response_length")
 
 
@@ -40,6 +41,8 @@ class RunEntry:
     steps_done: int | None = None
     steps_planned: int | None = None
     cap: int | None = None
+    model: str | None = None  # model.path, shortened (see ``_short``)
+    data: str | None = None  # data.train_files, shortened
     final: dict[str, float | None] = field(default_factory=dict)
     sweep_id: str | None = None
     started: float = 0.0
@@ -103,6 +106,16 @@ def _text(value: Any) -> str | None:
     return str(value) if value is not None and str(value) != "" else None
 
 
+def _short(spec: Any) -> str | None:
+    """A model or data spec as listed: the embedded ``toy``/``toy:add`` and hub ids as they
+    are, a file or directory by its name (runs on one's own data must not look like toy
+    runs, and full paths would not fit)."""
+    text = _text(spec)
+    if text is None or text.startswith("toy") or not text.startswith(("/", ".", "~", "pkg:")):
+        return text
+    return text.rstrip("/").rsplit("/", 1)[-1]
+
+
 def read_run(path: Path) -> RunEntry:
     """What ``path`` records about its run; unreadable parts become ``problems``."""
     entry = RunEntry(path.name, started=_mtime(path))
@@ -125,9 +138,11 @@ def read_run(path: Path) -> RunEntry:
             config = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError, yaml.YAMLError) as e:
             entry.problems.append(f"config.yaml unreadable ({type(e).__name__})")
-    trainer, data = config.get("trainer"), config.get("data")
+    trainer, data, model = config.get("trainer"), config.get("data"), config.get("model")
     entry.steps_planned = _int(trainer.get("steps")) if isinstance(trainer, dict) else None
     entry.cap = _int(data.get("max_response_length")) if isinstance(data, dict) else None
+    entry.data = _short(data.get("train_files")) if isinstance(data, dict) else None
+    entry.model = _short(model.get("path")) if isinstance(model, dict) else None
     entry.name = entry.name or _text(config.get("name"))
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -239,8 +254,8 @@ def run_cells(run: RunEntry, indent: str = "") -> list[str]:
     """One run's row (``indent``: an arm under its sweep)."""
     f = run.final
     status = f"{run.status} (retried)" if run.retried else run.status
-    return [indent + run.run_id, run.name or "-", status, _steps(run),
-            "-" if run.cap is None else str(run.cap), _num(f.get("len"), ".1f"),
+    return [indent + run.run_id, run.name or "-", status, _steps(run), run.model or "-",
+            run.data or "-", "-" if run.cap is None else str(run.cap), _num(f.get("len"), ".1f"),
             _num(f.get("clip"), ".3f"), _num(f.get("reward"), ".3f")]
 
 
@@ -248,7 +263,7 @@ def sweep_cells(sweep: SweepEntry) -> list[str]:
     """A sweep's row: status and arms completed/total; the run columns stay empty."""
     arms = (f"{sweep.completed}/{sweep.total} arms" if sweep.total is not None
             else f"{UNKNOWN} arms")
-    return [sweep.sweep_id, sweep.name or "-", sweep.status, arms, "", "", "", ""]
+    return [sweep.sweep_id, sweep.name or "-", sweep.status, arms, "", "", "", "", "", ""]
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:

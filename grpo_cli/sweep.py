@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from grpo_cli.config.keys import shown
 from grpo_cli.config.loader import (
     ConfigError,
     conf_dir,
@@ -143,7 +144,7 @@ def check_arms(sweep: SweepPlan) -> None:
                 t.master_addr = "slurm-head-node"  # each job's first node, known in the job
             validate(run_cfg)
         except ConfigError as e:
-            where = " ".join(arm.overrides) or "no swept values"
+            where = shown_all(arm.overrides) or "no swept values"
             raise ConfigError(f"sweep arm {arm.index} ({where}): {e}; nothing was started") \
                 from e
 
@@ -197,6 +198,10 @@ def _arm_task(cfg: DictConfig) -> str:
     record = {"index": index, "run_id": run_id, "attempt": attempt, "resumed": resume,
               "overrides": list(hc.overrides.task), "status": "running"}
     atomic_write_text(status_file, json.dumps(record))
+    keys = set(os.environ.get("GRPO_SWEEP_KEYS", "").split(","))
+    own = [o for o in hc.overrides.task if o.split("=", 1)[0] in keys]
+    print(f"grpo sweep: arm {index} ({shown_all(own) or 'no swept values'}) -> {run_id}"
+          + (" (resumed)" if resume else ""), file=sys.stderr, flush=True)
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     plain.run_id = run_id
     threads = int(os.environ.get("GRPO_ARM_THREADS", "0"))
@@ -293,11 +298,16 @@ def launch(sweep: SweepPlan) -> None:
     os.environ["GRPO_SWEEP_DIR"] = str(sweep.sweep_dir)
     os.environ["GRPO_SWEEP_PID"] = str(os.getpid())
     os.environ["GRPO_ARM_THREADS"] = str(arm_threads(parsed.overrides, len(sweep.arms)))
+    os.environ["GRPO_SWEEP_KEYS"] = ",".join(swept)  # what each arm's start line shows
+    # Hydra's own INFO lines ("[HYDRA] Launching 6 jobs locally", joblib's settings) say
+    # nothing the arm lines below do not; a user's hydra/hydra_logging choice wins.
+    quiet = [] if any(o.startswith("hydra/hydra_logging=") for o in parsed.overrides) \
+        else ["hydra/hydra_logging=disabled"]
     task = hydra.main(config_path=str(conf_dir()), config_name="config",
                       version_base="1.3")(_arm_task)
     with experiment_searchpath(parsed.experiment) as extra:
         argv = [
-            "grpo-sweep", "--multirun", *extra, *parsed.overrides, *sweep_args,
+            "grpo-sweep", "--multirun", *extra, *quiet, *parsed.overrides, *sweep_args,
             f"sweep_id={sweep.sweep_id}",
             f"runs_dir={sweep.sweep_dir.parent.parent}",
             f"hydra.sweep.dir={sweep.sweep_dir / 'hydra'}",
@@ -318,7 +328,7 @@ def summarize(sweep: SweepPlan) -> list[dict[str, Any]]:
         st = arm_status(sweep.sweep_dir, arm.index)
         arm.status = st.get("status", "pending")
         arm.run_id = st.get("run_id", arm.run_id)
-        row: dict[str, Any] = {"arm": arm.index, "overrides": " ".join(arm.overrides),
+        row: dict[str, Any] = {"arm": arm.index, "overrides": shown_all(arm.overrides),
                                "status": arm.status, "run_id": arm.run_id}
         run_dir = sweep.sweep_dir.parent.parent / arm.run_id
         metrics = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
@@ -329,6 +339,11 @@ def summarize(sweep: SweepPlan) -> list[dict[str, Any]]:
             row["error"] = st["error"]
         rows.append(row)
     return rows
+
+
+def shown_all(overrides: list[str]) -> str:
+    """Overrides as printed: space-separated, keys under their short names (max_len)."""
+    return " ".join(shown(o) for o in overrides)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -354,9 +369,9 @@ def run_sweep(args: list[str], dry_run: bool = False, resume: str | None = None)
     if dry_run:
         print(f"sweep {sweep.sweep_id}: {len(sweep.arms)} arms, each config checked (dry run, "
               "nothing started)")
-        print(f"common: {' '.join(sweep.common) or '-'}")
+        print(f"common: {shown_all(sweep.common) or '-'}")
         for arm in sweep.arms:
-            print(f"  [{arm.index:03d}] {' '.join(arm.overrides) or '-':40s} "
+            print(f"  [{arm.index:03d}] {shown_all(arm.overrides) or '-':40s} "
                   f"-> {sweep.sweep_dir.parent.parent / arm.run_id}")
         return 0
     start = time.time()
@@ -384,4 +399,7 @@ def run_sweep(args: list[str], dry_run: bool = False, resume: str | None = None)
     if interrupted:
         again = shlex.join(["grpo", "sweep", "--resume", sweep.sweep_id, *args])
         print(f"continue with: {again}", file=sys.stderr)
+    if len(failed) < len(rows):
+        print(f"next: grpo report {sweep.sweep_id}  (the arms compared over seeds, figures "
+              "and a diagnosis)", file=sys.stderr)
     return 1 if failed else 0

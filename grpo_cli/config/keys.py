@@ -33,6 +33,16 @@ ALIASES: dict[str, str] = {
     "vllm_importance_sampling_cap": "algorithm.rollout_correction_cap",
 }
 
+# The short name printed for a key wherever a key=value is shown (sweep tables, reports).
+SHORT_NAMES: dict[str, str] = {"data.max_response_length": "max_len"}
+
+
+def shown(override: str) -> str:
+    """``key=value`` under the key's short name: data.max_response_length=32 -> max_len=32."""
+    key, sep, value = override.partition("=")
+    return f"{SHORT_NAMES.get(key, key)}{sep}{value}"
+
+
 # Free-form mappings: any key below them is the user's (reward kwargs, component weights,
 # DeepSpeed config entries).
 OPEN_DICTS = ("reward.kwargs", "reward.weights", "trainer.deepspeed")

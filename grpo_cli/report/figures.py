@@ -30,7 +30,15 @@ from grpo_cli.report.aggregate import Heatmap  # noqa: E402
 from grpo_cli.report.censoring import TARGET_TRUNCATION  # noqa: E402
 from grpo_cli.report.load import display_name  # noqa: E402
 from grpo_cli.report.model import Figure, Report, RunView  # noqa: E402
-from grpo_cli.report.style import COLUMN, HEIGHT, PAGE, STYLE, page_format, save  # noqa: E402
+from grpo_cli.report.style import (  # noqa: E402
+    COLUMN,
+    HEIGHT,
+    PAGE,
+    STYLE,
+    page_format,
+    save,
+    step_span,
+)
 
 ONE = (COLUMN, HEIGHT)  # a single-panel figure: one paper column
 RAW_ALPHA = 0.25
@@ -339,8 +347,7 @@ def km_figure(view: RunView) -> plt.Figure:
     ax.set_xlim(0, right)
     ax.set_ylim(0, 1.02)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    span = (f"step {km.steps[0]}" if km.steps[0] == km.steps[1]
-            else f"steps {km.steps[0]}–{km.steps[1]}")
+    span = step_span(*km.steps)
     _title(ax, f"Length without the cap (Kaplan–Meier, {span}, n={km.n})\n{_who(view)}")
     ax.set_xlabel("response length x (tokens)")
     ax.set_ylabel("completions longer than x")
@@ -525,7 +532,7 @@ def outcomes_figure(view: RunView) -> plt.Figure:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.set_xlabel("response length (tokens)")
         ax.grid(alpha=0.3, axis="y")
-        _title(ax, f"{name} window: steps {win.steps[0]}–{win.steps[1]}", 40)
+        _title(ax, f"{name} window: {step_span(*win.steps)}", 40)
     bottom[0].set_ylabel("share of the window's\ncompletions")
     bottom[0].legend(loc="upper center", bbox_to_anchor=(1.05, -0.28), ncol=3, frameon=False)
     fig.suptitle(f"Length by outcome — {display_name(view.run)}")

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from grpo_cli.config.keys import shown
 from grpo_cli.errors import ConfigError
 from grpo_cli.telemetry.store import read_metrics, resolve_run_dir, rollout_parts, runs_root
 from grpo_cli.telemetry.wandb_files import read_wandb_history
@@ -31,7 +32,6 @@ HIST_KEY = "length/hist"
 # Config keys that differ between runs without making them different experiments.
 _IDENTITY_KEYS = ("run_id", "name", "sweep_id", "runs_dir", "seed")
 _IDENTITY_PREFIXES = ("logger.",)
-_KEY_ALIASES = {"data.max_response_length": "max_len"}
 SAME_CONFIG = "same config"  # group name of runs whose configs differ only in seed
 
 
@@ -471,7 +471,7 @@ def assign_labels(runs: list[RunData]) -> None:
                  if k not in _IDENTITY_KEYS and not k.startswith(_IDENTITY_PREFIXES)
                  and len({f.get(k) for f in flat}) > 1]
     for run, f in zip(runs, flat, strict=True):
-        parts = [f"{_KEY_ALIASES.get(k, k)}={f.get(k, '-')}" for k in differing[:3]]
+        parts = [shown(f"{k}={f.get(k, '-')}") for k in differing[:3]]
         if len(differing) > 3:
             parts.append("…")
         run.group = (" ".join(parts) or SAME_CONFIG) if f else run.run_id

@@ -21,6 +21,7 @@ from grpo_cli.report.diagnosis import Finding
 from grpo_cli.report.load import display_name
 from grpo_cli.report.model import ArmView, Report, RunView
 from grpo_cli.report.stats import METHOD, TEST, Estimate, direction
+from grpo_cli.report.style import step_span
 
 MAX_SAMPLE_CHARS = 2000  # long completions are cut in the report (the file has them whole)
 SAMPLES_PER_STEP = 3
@@ -303,7 +304,7 @@ def _command(report: Report) -> str:
 
 def _km_text(v: RunView | ArmView) -> str:
     assert v.km is not None and v.advice is not None
-    return (f"Steps {v.km.steps[0]}–{v.km.steps[1]}, {v.km.n} completions, "
+    return (f"{step_span(*v.km.steps).capitalize()}, {v.km.n} completions, "
             f"{v.km.n_censored} truncated; mean length {v.km.naive_mean:.1f} tokens as "
             f"observed vs {v.km.km_mean:.1f} estimated (restricted to the longest "
             "observation).")

@@ -18,6 +18,11 @@ from grpo_cli.errors import ConfigError
 if TYPE_CHECKING:  # matplotlib is imported by figures.py, not here: --format is checked first
     import matplotlib.pyplot as plt
 
+
+def step_span(first: int, last: int) -> str:
+    """"step 4" for a one-step window, "steps 3–9" otherwise (never "steps 4–4")."""
+    return f"step {first}" if first == last else f"steps {first}–{last}"
+
 FORMATS = ("png", "svg", "pdf")
 COLUMN = 3.4  # in: one column of a two-column paper
 PAGE = 7.0  # in: across both columns

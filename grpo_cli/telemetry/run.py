@@ -62,6 +62,8 @@ class RunHandle:
     sink: MetricsSink = field(default_factory=NoopSink)
     show_progress: bool = False
     progress_bar: bool = False  # a redrawn bar; plain lines otherwise (see ``progress``)
+    # a run of its own (not a sweep arm, whose sweep says it): end with the next command
+    suggest_report: bool = False
     _last: dict[str, float] = field(default_factory=dict)
     _closed: bool = False
 
@@ -169,6 +171,9 @@ class RunHandle:
         self.sink.close(status)
         if self.show_progress:
             print(f"run {self.run_id} {status}: {self.run_dir}", file=sys.stderr)
+            if status == "completed" and self.suggest_report:
+                print(f"grpo: next: grpo report {self.run_id}  (figures, length statistics "
+                      "and a diagnosis)", file=sys.stderr)
 
 
 def open_run(cfg: RunConfig, resolved: DictConfig, d: Dist,
@@ -211,7 +216,7 @@ def open_run(cfg: RunConfig, resolved: DictConfig, d: Dist,
             recorded=read_metrics(store.path) if cfg.resume else (),
         ))  # resume="allow": a resumed run continues the same W&B run id
     return RunHandle(run_id, run_dir, store, MultiSink(sinks), show_progress=cfg.logger.progress,
-                     progress_bar=bar)
+                     progress_bar=bar, suggest_report=cfg.sweep_id is None)
 
 
 def draws_bar(cfg: RunConfig) -> bool:

@@ -129,9 +129,9 @@ CASES = [
     (["sweep", "--dry-run", "max_lenght=32,64"], "did you mean max_len?"),
     (["sweep", "max_lenght=32,64"], "did you mean max_len?"),
     (["sweep", "--dry-run", "max_len=32,64", "trainer.steps=ten"],
-     "sweep arm 0 (data.max_response_length=32): trainer.steps: Value 'ten'"),
+     "sweep arm 0 (max_len=32): trainer.steps: Value 'ten'"),
     (["sweep", "max_len=32,0", "trainer.steps=2"],
-     "sweep arm 1 (data.max_response_length=0): data.max_response_length (max_len)=0"),
+     "sweep arm 1 (max_len=0): data.max_response_length (max_len)=0"),
     (["sweep", "max_len=16,24", "trainer.save_freq=2"], "use trainer.save_every"),
     (["sweep", "max_len=16,24", "hydra/launcher=nope"], "Could not find 'hydra/launcher/nope'"),
 ]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import TINY, Gate, run_grpo, start_grpo
 
-HEADER = ["id", "name", "status", "steps", "cap", "len", "clip", "reward"]
+HEADER = ["id", "name", "status", "steps", "model", "data", "cap", "len", "clip", "reward"]
 FOOTER = "len, clip, reward: means over the last 10% of each run's steps"
 
 
@@ -86,14 +86,15 @@ def test_runs_and_sweeps_newest_first_arms_under_their_sweep(store: Store) -> No
     run_dir = store.root / store.run_id
     n = steps_of(run_dir)
     assert n >= 3
-    assert rows[0].split() == [store.run_id, "probe", "interrupted", f"{n}/500", "24",
-                               *expected(run_dir)]
+    assert rows[0].split() == [store.run_id, "probe", "interrupted", f"{n}/500", "toy",
+                               "toy:add", "24", *expected(run_dir)]
     assert rows[1].split() == [store.sweep_id, "capsweep", "failed", "1/2", "arms"]
     arm0, arm1 = (store.root / a for a in store.arms)
     assert rows[2].startswith("  ") and rows[3].startswith("  ")  # indented under the sweep
-    assert rows[2].split() == [arm0.name, "capsweep", "failed", "0/2", "16", "-", "-", "-"]
-    assert rows[3].split() == [arm1.name, "capsweep", "completed", "2/2", "16",
-                               *expected(arm1)]
+    assert rows[2].split() == [arm0.name, "capsweep", "failed", "0/2", "toy", "toy:add", "16",
+                               "-", "-", "-"]
+    assert rows[3].split() == [arm1.name, "capsweep", "completed", "2/2", "toy", "toy:add",
+                               "16", *expected(arm1)]
     assert lines[-1].startswith(FOOTER)
     # columns line up: every field starts where its header does
     header = lines[0]
@@ -122,7 +123,9 @@ def test_runs_dir_option_window_and_broken_run_dirs(store: Store, tmp_path: Path
     long = other / "long"  # 25 steps: the final numbers are the mean of the last 2
     long.mkdir()
     (long / "meta.json").write_text(json.dumps({"status": "completed", "name": "hand"}))
-    (long / "config.yaml").write_text("trainer:\n  steps: 30\ndata:\n  max_response_length: 64\n")
+    (long / "config.yaml").write_text(  # one's own model and data: listed by file name
+        "trainer:\n  steps: 30\ndata:\n  max_response_length: 64\n"
+        "  train_files: /data/mine/train.jsonl\nmodel:\n  path: ./ckpt/qwen-1.5b/\n")
     (long / "metrics.jsonl").write_text("".join(
         json.dumps({"step": s, "length/mean": 10 + s, "length/clip_ratio": s / 100,
                     "reward/mean": s / 50}) + "\n" for s in range(25)))
@@ -136,11 +139,12 @@ def test_runs_dir_option_window_and_broken_run_dirs(store: Store, tmp_path: Path
                     env={"GRPO_RUNS_DIR": str(tmp_path / "elsewhere")})
     rows = {r.split()[0]: r.split() for r in table_rows(lines)}
     assert set(rows) == {"copy", "long", "no-meta", "bad-meta"}
-    assert rows["long"][1:] == ["hand", "completed", "25/30", "64", *expected(long)]
+    assert rows["long"][1:] == ["hand", "completed", "25/30", "qwen-1.5b", "train.jsonl", "64",
+                                *expected(long)]
     assert expected(long) == ["33.5", "0.235", "0.470"]  # steps 23 and 24
     assert rows["copy"][1:3] == ["probe", "interrupted"]
-    assert rows["no-meta"][1:] == ["-", "?", "1/?", "-", "5.0", "-", "-"]
-    assert rows["bad-meta"][1:] == ["-", "?", "0/?", "-", "-", "-", "-"]
+    assert rows["no-meta"][1:] == ["-", "?", "1/?", "-", "-", "-", "5.0", "-", "-"]
+    assert rows["bad-meta"][1:] == ["-", "?", "0/?", "-", "-", "-", "-", "-", "-"]
     notes = [line for line in lines if line.startswith("note:")]
     assert "note: no-meta: no meta.json; 1 unreadable metrics.jsonl line(s) skipped" in notes
     assert "note: bad-meta: meta.json unreadable (JSONDecodeError)" in notes

@@ -103,6 +103,7 @@ def test_a_run_prints_its_progress_and_its_result_and_nothing_else(default_run) 
     assert progress_line(run.name, 1, 2).fullmatch(lines[0]), lines[0]
     assert progress_line(run.name, 2, 2).fullmatch(lines[1]), lines[1]
     assert lines[2] == f"run {run.name} completed: {run}"
+    assert res.stderr.splitlines()[-1].startswith(f"grpo: next: grpo report {run.name}  ")
     # W&B said nothing, and still wrote its offline run (what `wandb sync` uploads).
     (run_file,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
     assert sorted(read_wandb_history(run_file)) == [0, 1]

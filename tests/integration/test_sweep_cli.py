@@ -28,7 +28,7 @@ def test_dry_run_lists_the_cartesian_product_and_starts_nothing(grpo, runs_dir: 
     assert "6 arms" in res.stdout
     arms = [line for line in res.stdout.splitlines() if line.strip().startswith("[")]
     assert len(arms) == 6
-    assert "data.max_response_length=16 seed=1" in arms[0]
+    assert "max_len=16 seed=1" in arms[0]  # the short name, as typed
     assert not runs_dir.exists() or not any(runs_dir.rglob("meta.json"))
 
 
@@ -53,6 +53,15 @@ def test_joblib_sweep_two_parallel_arms(grpo, runs_dir: Path) -> None:
         assert len(wandb_runs) == 1 and run_id in wandb_runs[0].name
     assert caps == {16, 24}
     assert "2/2 arms completed" in res.stdout
+    # one line per arm as it starts, under the names typed, and nothing from Hydra itself
+    starts = sorted(line for line in res.stderr.splitlines()
+                    if line.startswith("grpo sweep: arm "))
+    assert starts == [f"grpo sweep: arm {i} (max_len={cap}) -> {run_ids[i]}"
+                      for i, cap in enumerate((16, 24))]
+    assert "[HYDRA]" not in res.stdout + res.stderr
+    # the sweep, not each arm, says what to type next
+    assert res.stderr.count("grpo report") == 1
+    assert res.stderr.splitlines()[-1].startswith(f"next: grpo report {man['sweep_id']}  ")
 
 
 def test_failing_arm_does_not_stop_the_other_and_resume_retries_it(

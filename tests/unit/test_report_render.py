@@ -91,3 +91,10 @@ def test_a_sweep_id_expands_into_its_arms(tmp_path: Path) -> None:
     (sweep / "manifest.json").write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="invalid run id"):
         load_targets(["sweep-x"], tmp_path)
+
+
+def test_a_one_step_window_is_named_as_one_step() -> None:
+    from grpo_cli.report.style import step_span
+
+    assert step_span(4, 4) == "step 4"
+    assert step_span(3, 9) == "steps 3–9"
