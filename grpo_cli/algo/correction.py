@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from grpo_cli.algo.losses import LOG_RATIO_CLAMP
 from grpo_cli.config.schema import ROLLOUT_CORRECTIONS
-
-LOG_RATIO_CLAMP = 20.0
 
 
 def mismatch_log_ratio(
@@ -62,6 +61,6 @@ def correction_weights(
         r = log_ratio.exp()  # [B, T]
         return torch.where((r >= low) & (r <= high), r, torch.zeros_like(r)) * m
     tokens = m.sum(dim=1)  # [B]
-    geo = (log_ratio * m).sum(dim=1) / tokens.clamp(min=1)  # [B] mean log-ratio
-    keep = (geo.exp() >= low) & (geo.exp() <= high) & (tokens > 0)  # [B]
+    geo = ((log_ratio * m).sum(dim=1) / tokens.clamp(min=1)).exp()  # [B] geometric mean
+    keep = (geo >= low) & (geo <= high) & (tokens > 0)  # [B]
     return m * keep.float()[:, None]

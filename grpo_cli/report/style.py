@@ -18,11 +18,6 @@ from grpo_cli.errors import ConfigError
 if TYPE_CHECKING:  # matplotlib is imported by figures.py, not here: --format is checked first
     import matplotlib.pyplot as plt
 
-
-def step_span(first: int, last: int) -> str:
-    """"step 4" for a one-step window, "steps 3–9" otherwise (never "steps 4–4")."""
-    return f"step {first}" if first == last else f"steps {first}–{last}"
-
 FORMATS = ("png", "svg", "pdf")
 COLUMN = 3.4  # in: one column of a two-column paper
 PAGE = 7.0  # in: across both columns
@@ -101,3 +96,8 @@ def _metadata(fmt: str) -> dict[str, str | None]:
     if fmt == "svg":
         return {"Date": None, "Creator": "grpo report"}
     return {"Software": "grpo report"}
+
+
+def step_span(first: int, last: int) -> str:
+    """"step 4" for a one-step window, "steps 3–9" otherwise (never "steps 4–4")."""
+    return f"step {first}" if first == last else f"steps {first}–{last}"
