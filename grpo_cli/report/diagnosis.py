@@ -35,14 +35,31 @@ EXPLOSION_RISE_PCT = 20.0
 # ...and it is an explosion when the late mean sits near the cap or half the batch hits it.
 EXPLOSION_CAP_FRACTION = 0.8
 EXPLOSION_CLIP_LATE = 0.5
-# Dr. GRPO's bias makes wrong answers longer; require a rise beyond the noise band and a
-# rise at least this much larger than the correct answers' (a shared rise is not the bias).
-LOSS_BIAS_RISE_PCT = 15.0
-LOSS_BIAS_EXCESS_PCT = 10.0
+# Dr. GRPO's bias makes wrong answers longer: they must lengthen beyond the noise band...
+LOSS_BIAS_RISE_PCT = LENGTH_FALL_PCT
+# ...and pull away from the correct ones. The incorrect - correct length gap grows on the toy
+# without the bias: at cap 160 over 60 steps by 9-12 tokens (20-28% of the ~45-token early
+# mean length) under seq-mean-token-sum-norm, which has no 1/|o| weight, against 13-16 tokens
+# (27-39%; 18-22 tokens, 36-46%, with the default window) under seq-mean-token-mean
+# (tests/integration/test_reproductions.py and the quick-start sweep). Most of that growth is
+# not the bias, so the gap must grow by 60% of the early mean length, about twice what the
+# unbiased mode produces: wrong answers running away, the bias's signature.
+LOSS_BIAS_GAP_OF_LENGTH = 0.6
+# ...and by at least this many tokens: on answers of a dozen tokens 60% is a few words, and
+# per-step means move +-15% with the prompt mix (+-3-4 tokens on the toy's ~24-token answers);
+# the gap's growth is a difference of four such window means.
+LOSS_BIAS_GAP_TOKENS = 10.0
 # A Spearman coefficient of -0.2 within prompt groups is a consistent ordering "longer earns
 # less"; requiring a 0.2 drop from the first window makes it a change, not a trait of the task.
 COUPLING_NEGATIVE = -0.2
 COUPLING_DROP = 0.2
+# The coupling matters through what it does to length: "longer earns less" pushes length down.
+# With length flat or rising it is the task being learnt (wrong answers ramble, correct ones
+# are concise: the quick-start's cap-160 control goes from +0.24..+0.33 to -0.10..-0.29 while
+# length moves -10%..+17% and reward rises), not a problem to remedy; so length must also fall
+# beyond the noise band. (The sign of the turn agrees across seeds there, so requiring sign
+# agreement would not tell the two apart.)
+COUPLING_LENGTH_FALL_PCT = LENGTH_FALL_PCT
 # A length change this large with no truncation or explosion behind it still deserves a look.
 DRIFT_PCT = 25.0
 # Still this share truncated at the end: the cap binds and hides the policy's natural length
@@ -248,7 +265,8 @@ def _diagnose(s: RunSummary, advice: CapAdvice | None = None) -> list[Finding]:
     findings = [f for f in (
         _truncation_pressure(s, advice), _explosion(s, advice), _loss_bias(s),
         _coupling(s, advice)) if f is not None]
-    explained = ("truncation-pressure", "length-explosion", "loss-aggregation-bias")
+    explained = ("truncation-pressure", "length-explosion", "loss-aggregation-bias",
+                 "negative-coupling")
     if not any(f.kind in explained for f in findings):
         drift = _drift(s)
         if drift is not None:
@@ -259,13 +277,21 @@ def _diagnose(s: RunSummary, advice: CapAdvice | None = None) -> list[Finding]:
             findings.append(binding)
     if findings:
         return findings
+    evidence = [f"length change: {_f(s.len_change_pct, '+.0f')}% (|change| < "
+                f"{LENGTH_FALL_PCT:.0f}% or no cause found)",
+                f"clip ratio late: {_pct(s.clip_late)}"]
+    gap = gap_growth(s)
+    if s.loss_agg_mode == LENGTH_BIASED_MODE and math.isfinite(gap):
+        evidence.append(f"incorrect − correct length gap grew {gap:+.1f} tokens (a "
+                        f"loss-aggregation finding needs ≥ {_f(_gap_threshold(s))}: "
+                        f"{LOSS_BIAS_GAP_OF_LENGTH:.0%} of the early mean length, at least "
+                        f"{LOSS_BIAS_GAP_TOKENS:.0f})")
     return [Finding(
         "healthy", "Healthy",
         f"no length pathology: length moved {_f(s.len_change_pct, '+.0f')}% "
         f"({_f(s.len_initial)} → {_f(s.len_final)} tokens), {_pct(s.clip_late)} truncated "
         f"late, reward {_f(s.reward_early, '.2f')} → {_f(s.reward_late, '.2f')}",
-        [f"length change: {_f(s.len_change_pct, '+.0f')}% (|change| < {LENGTH_FALL_PCT:.0f}% "
-         "or no cause found)", f"clip ratio late: {_pct(s.clip_late)}"], [], "ok")]
+        evidence, [], "ok")]
 
 
 def _truncation_pressure(s: RunSummary, advice: CapAdvice | None) -> Finding | None:
@@ -279,9 +305,11 @@ def _truncation_pressure(s: RunSummary, advice: CapAdvice | None) -> Finding | N
     return Finding(
         "truncation-pressure", "Truncation pressure",
         f"length fell {-s.len_change_pct:.0f}% ({_f(s.len_initial)} → {_f(s.len_final)} "
-        f"tokens) while {_pct(s.clip_mean)} of completions were truncated "
-        f"({_pct(s.clip_early)} early, {_pct(s.clip_late)} late) and truncated completions "
-        f"earned {s.reward_truncated:.2f} against {s.reward_terminated:.2f} for the rest: "
+        f"tokens; threshold {LENGTH_FALL_PCT:.0f}%) while {_pct(s.clip_mean)} of completions "
+        f"were truncated ({_pct(s.clip_early)} early, {_pct(s.clip_late)} late; threshold "
+        f"{HIGH_CLIP_RATIO:.0%}) and truncated completions earned {s.reward_truncated:.2f} "
+        f"against {s.reward_terminated:.2f} for the rest (gap {gap:.2f}; threshold "
+        f"{TRUNC_REWARD_GAP_STD * scale:.2f} = {TRUNC_REWARD_GAP_STD} × reward std): "
         "truncation pressure; raise max_len or mask truncated",
         [f"length change: {s.len_change_pct:+.0f}% (≤ -{LENGTH_FALL_PCT:.0f}%)",
          f"truncated share (the larger of run mean and early window): {_pct(pressure)} "
@@ -301,9 +329,11 @@ def _explosion(s: RunSummary, advice: CapAdvice | None) -> Finding | None:
     return Finding(
         "length-explosion", "Length explosion",
         f"length rose {s.len_change_pct:.0f}% ({_f(s.len_initial)} → {_f(s.len_final)} "
-        f"tokens, {_pct(share)} of the {_f(s.cap_late, '.0f')}-token cap) and "
-        f"{_pct(s.clip_late)} of completions were truncated late: length explosion; add an "
-        "overlong penalty or switch the loss aggregation",
+        f"tokens; threshold {EXPLOSION_RISE_PCT:.0f}%) to {_pct(share)} of the "
+        f"{_f(s.cap_late, '.0f')}-token cap (threshold {EXPLOSION_CAP_FRACTION:.0%}) with "
+        f"{_pct(s.clip_late)} of completions truncated late (threshold "
+        f"{EXPLOSION_CLIP_LATE:.0%}; either suffices): length explosion; add an overlong "
+        "penalty or switch the loss aggregation",
         [f"length change: {s.len_change_pct:+.0f}% (≥ +{EXPLOSION_RISE_PCT:.0f}%)",
          f"late mean / cap: {_pct(share)} (≥ {EXPLOSION_CAP_FRACTION:.0%}) or late clip "
          f"ratio {_pct(s.clip_late)} (≥ {EXPLOSION_CLIP_LATE:.0%})"],
@@ -312,27 +342,46 @@ def _explosion(s: RunSummary, advice: CapAdvice | None) -> Finding | None:
                 "r0_correct < rL_correct pays for length")])
 
 
+def gap_growth(s: RunSummary) -> float:
+    """Tokens the incorrect - correct length gap grew, first -> last window (the incorrect
+    answers' own growth when too few answers were correct to measure the gap)."""
+    inc = s.incorrect_len_late - s.incorrect_len_early
+    cor = s.correct_len_late - s.correct_len_early
+    return inc - cor if math.isfinite(cor) else inc
+
+
+def _gap_threshold(s: RunSummary) -> float:
+    """The gap growth a loss-aggregation finding needs, in tokens."""
+    rel = LOSS_BIAS_GAP_OF_LENGTH * s.len_initial if math.isfinite(s.len_initial) else 0.0
+    return max(LOSS_BIAS_GAP_TOKENS, rel)
+
+
 def _loss_bias(s: RunSummary) -> Finding | None:
     if s.loss_agg_mode != LENGTH_BIASED_MODE:
         return None
-    rise, other = s.incorrect_change_pct, s.correct_change_pct
-    excess = rise - other if math.isfinite(other) else rise
+    rise, other, gap = s.incorrect_change_pct, s.correct_change_pct, gap_growth(s)
+    need = _gap_threshold(s)
     if not (math.isfinite(rise) and rise >= LOSS_BIAS_RISE_PCT
-            and excess >= LOSS_BIAS_EXCESS_PCT):
+            and math.isfinite(gap) and gap >= need):
         return None
     correct = (f"correct ones changed {other:+.0f}% ({_f(s.correct_len_early)} → "
                f"{_f(s.correct_len_late)})" if math.isfinite(other)
                else "correct ones are too few to compare")
+    rule = (f"threshold: {need:.1f} tokens, the larger of {LOSS_BIAS_GAP_TOKENS:.0f} and "
+            f"{LOSS_BIAS_GAP_OF_LENGTH:.0%} of the {_f(s.len_initial)}-token early mean length")
     return Finding(
         "loss-aggregation-bias", "Loss-aggregation length bias",
         f"incorrect completions lengthened {rise:.0f}% ({_f(s.incorrect_len_early)} → "
-        f"{_f(s.incorrect_len_late)} tokens) while {correct} under "
+        f"{_f(s.incorrect_len_late)} tokens; threshold {LOSS_BIAS_RISE_PCT:.0f}%) while "
+        f"{correct}: the incorrect − correct gap grew {gap:.1f} tokens ({rule}) under "
         f"algorithm.loss_agg_mode={LENGTH_BIASED_MODE}: each token of a long wrong answer is "
         "penalised less (1/|o| weight, Dr. GRPO's length bias); use token-mean or "
         "seq-mean-token-sum-norm",
         [f"loss_agg_mode: {s.loss_agg_mode}",
          f"incorrect length change: {rise:+.0f}% (≥ +{LOSS_BIAS_RISE_PCT:.0f}%)",
-         f"excess over correct: {excess:+.0f} points (≥ {LOSS_BIAS_EXCESS_PCT:.0f})"],
+         f"incorrect − correct gap growth: {gap:+.1f} tokens (≥ {need:.1f}: "
+         f"max({LOSS_BIAS_GAP_TOKENS:.0f}, {LOSS_BIAS_GAP_OF_LENGTH} × early mean length "
+         f"{_f(s.len_initial)}))"],
         [TOKEN_MEAN, SUM_NORM])
 
 
@@ -343,7 +392,9 @@ def _coupling(s: RunSummary, advice: CapAdvice | None) -> Finding | None:
         early, late, where = s.corr_batch_early, s.corr_batch_late, "over the batch"
     if not (math.isfinite(early) and math.isfinite(late)):
         return None
-    if not (late <= COUPLING_NEGATIVE and early - late >= COUPLING_DROP):
+    if not (late <= COUPLING_NEGATIVE and early - late >= COUPLING_DROP
+            and math.isfinite(s.len_change_pct)
+            and s.len_change_pct <= -COUPLING_LENGTH_FALL_PCT):
         return None
     capped = math.isfinite(s.clip_mean) and s.clip_mean >= HIGH_CLIP_RATIO
     if capped:
@@ -357,9 +408,13 @@ def _coupling(s: RunSummary, advice: CapAdvice | None) -> Finding | None:
     return Finding(
         "negative-coupling", "Reward-length coupling turned negative",
         f"the reward-length Spearman correlation {where} went from {early:+.2f} to "
-        f"{late:+.2f}: longer completions now earn less, which pushes length down; {cause}",
+        f"{late:+.2f} (threshold: ≤ {COUPLING_NEGATIVE} late after a drop of ≥ "
+        f"{COUPLING_DROP}) and length fell {-s.len_change_pct:.0f}% ({_f(s.len_initial)} → "
+        f"{_f(s.len_final)} tokens; threshold {COUPLING_LENGTH_FALL_PCT:.0f}%): longer "
+        f"completions now earn less and length is following; {cause}",
         [f"Spearman {where}, late: {late:+.2f} (≤ {COUPLING_NEGATIVE})",
          f"drop from early: {early - late:.2f} (≥ {COUPLING_DROP})",
+         f"length change: {s.len_change_pct:+.0f}% (≤ -{COUPLING_LENGTH_FALL_PCT:.0f}%)",
          f"truncated share: {_pct(s.clip_mean)}"],
         remedies)
 
@@ -370,7 +425,8 @@ def _cap_binding(s: RunSummary, advice: CapAdvice | None) -> Finding | None:
     return Finding(
         "cap-binding", "The cap binds",
         f"{_pct(s.clip_late)} of completions were still truncated over the last "
-        f"{s.window} step(s) at a {_f(s.cap_late, '.0f')}-token cap: the cap hides the "
+        f"{s.window} step(s) at a {_f(s.cap_late, '.0f')}-token cap (threshold "
+        f"{CAP_BINDING_LATE:.0%}): the cap hides the "
         "policy's natural length (see the censoring-aware estimate), and if length starts "
         "to fall this becomes truncation pressure",
         [f"clip ratio late: {_pct(s.clip_late)} (≥ {CAP_BINDING_LATE:.0%})"],
@@ -389,8 +445,8 @@ def _drift(s: RunSummary) -> Finding | None:
     return Finding(
         "length-drift", "Length drift not explained by the cap",
         f"length {way} {abs(s.len_change_pct):.0f}% ({_f(s.len_initial)} → "
-        f"{_f(s.len_final)} tokens) with {why}: check the reward's length terms and the "
-        "loss aggregation",
+        f"{_f(s.len_final)} tokens; threshold {DRIFT_PCT:.0f}%) with {why}: check the "
+        "reward's length terms and the loss aggregation",
         [f"length change: {s.len_change_pct:+.0f}% (|change| ≥ {DRIFT_PCT:.0f}%)",
          f"truncated share: {_pct(s.clip_mean)} (< {HIGH_CLIP_RATIO:.0%} or truncated "
          "completions not earning less)"],

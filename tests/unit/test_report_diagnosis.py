@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from grpo_cli.report import analyse_run
-from grpo_cli.report.diagnosis import MIN_TREND_STEPS, diagnose
+from grpo_cli.report.diagnosis import (
+    COUPLING_DROP,
+    COUPLING_LENGTH_FALL_PCT,
+    COUPLING_NEGATIVE,
+    LOSS_BIAS_GAP_OF_LENGTH,
+    LOSS_BIAS_GAP_TOKENS,
+    LOSS_BIAS_RISE_PCT,
+    MIN_TREND_STEPS,
+    arm_findings,
+    diagnose,
+    gap_growth,
+)
 from grpo_cli.report.load import load_store_run
+from grpo_cli.report.summary import RunSummary
 from grpo_cli.report.synthetic import write_synthetic_run
 
 
@@ -81,21 +96,19 @@ def _healthy_summary(tmp_path: Path):
 
 
 def test_coupling_turning_negative_is_reported_with_its_numbers(tmp_path: Path) -> None:
-    from dataclasses import replace
-
-    s = replace(_healthy_summary(tmp_path), corr_within_early=0.1, corr_within_late=-0.45)
+    base = _healthy_summary(tmp_path)
+    s = replace(base, corr_within_early=0.1, corr_within_late=-0.45, len_change_pct=-30.0,
+                len_final=0.7 * base.len_initial)
     findings = diagnose(s)
-    assert [f.kind for f in findings] == ["negative-coupling"]
+    assert [f.kind for f in findings] == ["negative-coupling"]  # it explains the drift
     assert "+0.10 to -0.45" in findings[0].message
     # already negative from the start: a trait of the task, not a turn
-    assert diagnose(replace(s, corr_within_early=-0.4))[0].kind == "healthy"
+    assert "negative-coupling" not in [f.kind for f in diagnose(replace(s, corr_within_early=-0.4))]
 
 
 def test_truncation_pressure_needs_truncated_completions_to_earn_less(tmp_path: Path) -> None:
     """The collapse's length fall and clip ratio alone are not truncation pressure: the
     truncated completions must also earn less than the rest, by more than the threshold."""
-    from dataclasses import replace
-
     from grpo_cli.report.diagnosis import TRUNC_REWARD_GAP_STD
 
     path = write_synthetic_run(tmp_path, "collapse-run", "collapse")
@@ -109,8 +122,165 @@ def test_truncation_pressure_needs_truncated_completions_to_earn_less(tmp_path: 
 
 
 def test_a_binding_cap_without_a_trend_is_an_info_finding(tmp_path: Path) -> None:
-    from dataclasses import replace
-
     s = replace(_healthy_summary(tmp_path), clip_late=0.3)
     (f,) = diagnose(s)
     assert f.kind == "cap-binding" and f.severity == "info" and "30%" in f.message
+
+
+# --- effect sizes: the quick-start's control stays clean --------------------------------------
+#
+# Window numbers of `grpo sweep sweeps/toy_max_len.yaml seed=0,1,2` (60 steps; sweep
+# 20261206-065909), per seed, first / last 10 steps (`--window 10`) and the default 10% (6).
+# The cap-160 arm is the control: nothing truncated, length holds, reward rises. Its wrong
+# answers do grow longer than its right ones (gap +12.7..+21.8 tokens) and its within-group
+# coupling turns negative (-0.10..-0.29), which fired loss-aggregation bias in every seed and
+# negative coupling in seed 0 before these rules asked for an effect that matters.
+
+_CONTROL = {  # (seed, window) -> the numbers that differ between seeds
+    (0, 10): dict(len_initial=47.5, len_final=44.92, reward_early=0.62, reward_late=0.74,
+                  corr_within_early=0.24, corr_within_late=-0.26, correct_len_early=40.35,
+                  correct_len_late=36.72, incorrect_len_early=59.51, incorrect_len_late=68.55),
+    (1, 10): dict(len_initial=40.64, len_final=46.69, reward_early=0.64, reward_late=0.71,
+                  corr_within_early=0.33, corr_within_late=-0.17, correct_len_early=34.27,
+                  correct_len_late=36.53, incorrect_len_early=52.53, incorrect_len_late=70.65),
+    (2, 10): dict(len_initial=46.89, len_final=45.99, reward_early=0.61, reward_late=0.74,
+                  corr_within_early=0.24, corr_within_late=-0.10, correct_len_early=40.73,
+                  correct_len_late=38.14, incorrect_len_early=57.47, incorrect_len_late=67.69),
+    (0, 6): dict(len_initial=49.03, len_final=44.21, reward_early=0.57, reward_late=0.73,
+                 corr_within_early=0.26, corr_within_late=-0.29, correct_len_early=42.26,
+                 correct_len_late=35.16, incorrect_len_early=57.82, incorrect_len_late=68.33),
+    (1, 6): dict(len_initial=41.62, len_final=48.71, reward_early=0.63, reward_late=0.67,
+                 corr_within_early=0.36, corr_within_late=-0.11, correct_len_early=35.53,
+                 correct_len_late=36.74, incorrect_len_early=52.27, incorrect_len_late=72.15),
+    (2, 6): dict(len_initial=46.97, len_final=44.51, reward_early=0.59, reward_late=0.73,
+                 corr_within_early=0.27, corr_within_late=-0.11, correct_len_early=43.04,
+                 correct_len_late=35.98, incorrect_len_early=52.71, incorrect_len_late=67.41),
+}
+_CAP32 = {  # the failing arm, same sweep, --window 10
+    0: dict(len_initial=23.9, len_final=15.46, clip_early=0.54, clip_late=0.17, clip_mean=0.41,
+            reward_early=0.31, reward_late=0.44, corr_within_early=-0.58, corr_within_late=-0.01,
+            correct_len_early=15.57, correct_len_late=17.31, incorrect_len_early=27.51,
+            incorrect_len_late=13.91, reward_truncated=0.0, reward_terminated=0.61),
+    1: dict(len_initial=23.01, len_final=12.97, clip_early=0.46, clip_late=0.13, clip_mean=0.36,
+            reward_early=0.39, reward_late=0.39, corr_within_early=-0.40, corr_within_late=-0.09,
+            correct_len_early=15.5, correct_len_late=13.54, incorrect_len_early=27.97,
+            incorrect_len_late=12.36, reward_truncated=0.0, reward_terminated=0.62),
+    2: dict(len_initial=23.8, len_final=10.93, clip_early=0.53, clip_late=0.06, clip_mean=0.34,
+            reward_early=0.27, reward_late=0.42, corr_within_early=-0.41, corr_within_late=-0.04,
+            correct_len_early=15.54, correct_len_late=15.33, incorrect_len_early=26.89,
+            incorrect_len_late=7.55, reward_truncated=0.04, reward_terminated=0.51),
+}
+
+
+def summary(**numbers: float) -> RunSummary:
+    """A 60-step seq-mean-token-mean run at cap 160 with the control's seed-0 numbers (window
+    10), ``numbers`` replacing any of them; the length change follows the lengths."""
+    base: dict[str, Any] = dict(
+        label="r", run_id="r", steps=60, window=10, first_step=0, last_step=59,
+        clip_early=0.0, clip_late=0.0, clip_mean=0.0, acc_early=math.nan, acc_late=math.nan,
+        corr_batch_early=-0.28, corr_batch_late=-0.52, reward_truncated=math.nan,
+        reward_terminated=math.nan, reward_std=0.45, cap_early=160.0, cap_late=160.0,
+        wall_s=60.0, loss_agg_mode="seq-mean-token-mean", status="completed",
+        **_CONTROL[(0, 10)])
+    base.update(numbers)
+    base["len_change_pct"] = 100.0 * (base["len_final"] / base["len_initial"] - 1.0)
+    return RunSummary(**base)
+
+
+def kinds(s: RunSummary) -> list[str]:
+    return [f.kind for f in diagnose(s)]
+
+
+@pytest.mark.parametrize("seed, w", sorted(_CONTROL))
+def test_the_quick_start_control_is_healthy_in_every_seed(seed: int, w: int) -> None:
+    s = summary(window=w, **_CONTROL[(seed, w)])
+    assert gap_growth(s) > 10  # wrong answers did pull away: the rule sees it and says why not
+    (f,) = diagnose(s)
+    assert f.kind == "healthy", f.message
+    assert any("gap grew" in e and "needs ≥" in e for e in f.evidence)
+
+
+def test_the_quick_start_arms_as_an_arm() -> None:
+    """Over three seeds the control is healthy and the cap-32 arm has truncation pressure
+    with its remedies (the per-seed numbers are the sweep's; the pooled diagnosis reads the
+    seed means, as analyse_arm does)."""
+    def mean_of(rows: list[dict[str, float]]) -> dict[str, float]:
+        return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+    control = [summary(**_CONTROL[(seed, 10)]) for seed in range(3)]
+    got = arm_findings([diagnose(s) for s in control],
+                       diagnose(summary(**mean_of([_CONTROL[(i, 10)] for i in range(3)]))),
+                       [0, 1, 2])
+    assert [(f.kind, f.support) for f in got] == [("healthy", "3 of 3 seeds")]
+
+    capped = [summary(cap_early=32.0, cap_late=32.0, reward_std=0.47, **_CAP32[i])
+              for i in range(3)]
+    pooled = diagnose(summary(cap_early=32.0, cap_late=32.0, reward_std=0.47,
+                              **mean_of([_CAP32[i] for i in range(3)])))
+    got = arm_findings([diagnose(s) for s in capped], pooled, [0, 1, 2])
+    assert [(f.kind, f.support) for f in got] == [("truncation-pressure", "3 of 3 seeds")]
+    assert got[0].severity == "warning"
+    assert "max_len=64" in [r.override for r in got[0].remedies]
+    assert "threshold 15%" in got[0].message  # the length fall and the truncated share
+
+
+def _with_gap(s: RunSummary, gap: float) -> RunSummary:
+    """``s`` with the incorrect answers' late length set so the gap grows by ``gap`` tokens."""
+    late = s.incorrect_len_early + (s.correct_len_late - s.correct_len_early) + gap
+    return replace(s, incorrect_len_late=late)
+
+
+def test_loss_bias_needs_the_gap_to_grow_by_a_share_of_the_length() -> None:
+    s = summary()  # early mean length 47.5: the relative threshold (28.5 tokens) binds
+    need = LOSS_BIAS_GAP_OF_LENGTH * s.len_initial
+    assert need > LOSS_BIAS_GAP_TOKENS
+    assert "loss-aggregation-bias" not in kinds(_with_gap(s, 0.97 * need))
+    over = _with_gap(s, 1.03 * need)
+    assert over.incorrect_change_pct >= LOSS_BIAS_RISE_PCT
+    (f,) = [f for f in diagnose(over) if f.kind == "loss-aggregation-bias"]
+    assert f.severity == "warning"
+    # the sentence states the effect and the threshold it crossed
+    assert f"gap grew {1.03 * need:.1f} tokens" in f.message
+    assert (f"threshold: {need:.1f} tokens, the larger of {LOSS_BIAS_GAP_TOKENS:.0f} and "
+            f"{LOSS_BIAS_GAP_OF_LENGTH:.0%} of the 47.5-token early mean length") in f.message
+    assert f"threshold {LOSS_BIAS_RISE_PCT:.0f}%" in f.message
+
+
+def test_loss_bias_needs_a_gap_of_some_tokens_on_short_answers() -> None:
+    # 12-token answers: 60% is 7.2 tokens, the floor of 10 binds
+    s = summary(len_initial=12.0, len_final=12.0, correct_len_early=10.0, correct_len_late=10.0,
+                incorrect_len_early=14.0, incorrect_len_late=14.0)
+    assert LOSS_BIAS_GAP_OF_LENGTH * s.len_initial < LOSS_BIAS_GAP_TOKENS
+    assert "loss-aggregation-bias" not in kinds(_with_gap(s, 0.95 * LOSS_BIAS_GAP_TOKENS))
+    over = _with_gap(s, 1.05 * LOSS_BIAS_GAP_TOKENS)
+    assert "loss-aggregation-bias" in kinds(over)
+    # the same growth under a loss without the 1/|o| weight is not blamed on the loss
+    assert "loss-aggregation-bias" not in kinds(replace(over, loss_agg_mode="token-mean"))
+
+
+def test_loss_bias_needs_the_wrong_answers_themselves_to_lengthen() -> None:
+    # the gap grows 30 tokens only because correct answers shortened: not the 1/|o| bias
+    s = summary(correct_len_early=40.0, correct_len_late=10.0, incorrect_len_early=60.0,
+                incorrect_len_late=60.0 * (1 + 0.9 * LOSS_BIAS_RISE_PCT / 100))
+    assert gap_growth(s) >= LOSS_BIAS_GAP_OF_LENGTH * s.len_initial
+    assert "loss-aggregation-bias" not in kinds(s)
+
+
+def test_coupling_needs_length_to_fall() -> None:
+    """The control's seed 0 turns from +0.24 to -0.26 while length holds and reward rises: no
+    finding. The same turn with length falling past the noise band is one."""
+    s = summary()
+    assert s.corr_within_late <= COUPLING_NEGATIVE
+    assert s.corr_within_early - s.corr_within_late >= COUPLING_DROP
+    assert kinds(s) == ["healthy"]
+    fall = COUPLING_LENGTH_FALL_PCT / 100
+    assert "negative-coupling" not in kinds(
+        summary(len_final=s.len_initial * (1 - 0.95 * fall)))
+    over = summary(len_final=s.len_initial * (1 - 1.05 * fall))
+    (f,) = diagnose(over)
+    assert f.kind == "negative-coupling" and f.severity == "warning"
+    assert "+0.24 to -0.26 (threshold: ≤ -0.2 late after a drop of ≥ 0.2)" in f.message
+    assert (f"length fell {1.05 * COUPLING_LENGTH_FALL_PCT:.0f}% (47.5 → "
+            f"{over.len_final:.1f} tokens; threshold {COUPLING_LENGTH_FALL_PCT:.0f}%)"
+            ) in f.message
+    assert "not the cap" in f.message  # nothing truncated
