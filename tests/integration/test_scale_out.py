@@ -2,7 +2,7 @@
 (torchrun's c10d rendezvous and gloo over 127.0.0.1), preemption of a multi-rank run through
 its launcher, a rank killed outright, and a rendezvous that cannot complete.
 
-Each "node" is started exactly as a cluster's job script starts it (the README's script):
+Each "node" is started exactly as a cluster's job script starts it (the script in docs/scaling.md):
 the same command, the same trainer.master_addr/master_port, on every node."""
 
 from __future__ import annotations
