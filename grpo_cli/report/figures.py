@@ -9,7 +9,8 @@ colour per arm; arms with several seeds are drawn as the mean over seeds with a 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,9 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from grpo_cli.report import outcomes  # noqa: E402
-from grpo_cli.report.aggregate import Heatmap  # noqa: E402
+from grpo_cli.report.aggregate import Heatmap, length_bins  # noqa: E402
 from grpo_cli.report.censoring import TARGET_TRUNCATION  # noqa: E402
-from grpo_cli.report.load import display_name  # noqa: E402
+from grpo_cli.report.load import Rollouts, display_name  # noqa: E402
 from grpo_cli.report.model import Figure, Report, RunView  # noqa: E402
 from grpo_cli.report.style import (  # noqa: E402
     COLUMN,
@@ -43,6 +44,17 @@ from grpo_cli.report.style import (  # noqa: E402
 ONE = (COLUMN, HEIGHT)  # a single-panel figure: one paper column
 RAW_ALPHA = 0.25
 MAX_COLS = 3  # panels per row in the per-arm grids
+TITLE_LINES = 2  # a title never takes more: the plot, not its title, fills the figure
+# One colour per role, the same in every figure: a reader learns them once.
+MEAN_COLOR = "tab:blue"  # the training batch's length
+NATURAL_COLOR = "tab:purple"  # the natural length (the val/ probe at a generous cap)
+CAP_COLOR = "tab:red"  # the cap in force (max_len)
+ABOVE_CAP = "0.85"  # heat maps: lengths above the cap, which no completion can reach
+OWN_Y_RATIO = 2.0  # arms' caps further apart than this: each arm's panel gets its own y range
+SMALL = 6.5  # pt: legends that must not crowd a one-column figure
+# Outcome classes of the outcome figure, as its histograms split them (name, colour).
+OUTCOMES = (("correct, finished", "tab:green"), ("incorrect, finished", "tab:red"),
+            ("truncated", "0.45"))
 
 
 def smoothing_window(n_steps: int) -> int:
@@ -60,17 +72,31 @@ def _colors(n: int) -> list:
     return [cmap(i if n <= 10 else i / max(n - 1, 1)) for i in range(n)]
 
 
+def wrap_title(text: str, chars: int, lines: int = TITLE_LINES) -> str:
+    """``text`` wrapped at ``chars`` characters a line, at most ``lines`` lines: the rest is
+    cut with an ellipsis (a four-line title squeezes the plot it names)."""
+    out = [w for line in text.split("\n") for w in textwrap.wrap(line, chars) or [""]]
+    if len(out) > lines:
+        last = " ".join(out[lines - 1:])
+        out = [*out[:lines - 1], last[:chars - 1].rstrip() + "…"]
+    return "\n".join(out)
+
+
 def _title(ax: plt.Axes, text: str, chars: int = 52, size: float | None = None) -> None:
     """A title wrapped to the axes' width (about ``chars`` characters a line at 9 pt)."""
-    import textwrap
-
-    lines = [w for line in text.split("\n") for w in textwrap.wrap(line, chars) or [""]]
-    ax.set_title("\n".join(lines), fontsize=size)
+    ax.set_title(wrap_title(text, chars), fontsize=size)
 
 
 def _panel_title(ax: plt.Axes, view: RunView) -> None:
     """A grid panel's title: the run's label, 8 pt, wrapped to a third of the page."""
-    _title(ax, view.run.label or view.run.run_id, 30, 8.0)
+    _title(ax, _who(view), 30, 8.0)
+
+
+def _arm_title(group: str, views: list[RunView]) -> str:
+    """An arm's panel title: its label (``max_len=32``) and how many seeds it pools."""
+    if len(views) == 1:
+        return _who(views[0])
+    return f"{group} ({len(views)} seeds)"
 
 
 def _grid(n: int, row_h: float = 1.9, sharey: bool = True) -> tuple[plt.Figure, np.ndarray]:
@@ -112,8 +138,14 @@ def _kinds(report: Report) -> tuple[bool, bool]:
 
 
 def _who(view: RunView) -> str:
-    """The run's label, with its name and id on a second line when the label is neither."""
-    return display_name(view.run, "\n")
+    """What figure titles call a run: its label (the config keys that set it apart, e.g.
+    ``max_len=32 seed=1``, or its name). The id only when nothing else names the run: the
+    page's heading and caption carry the id, a title that does wraps onto four lines."""
+    return view.run.label or view.run.run_id
+
+
+def _titled(text: str, view: RunView) -> str:
+    return f"{text} — {_who(view)}"
 
 
 def _step_axis(ax: plt.Axes) -> None:
@@ -130,8 +162,10 @@ def _no_data(ax: plt.Axes, why: str) -> None:
 
 
 def _draw_group(ax: plt.Axes, views: list[RunView], col: str, color, label: str | None,
-                w: int, linestyle: str = "-") -> bool:
-    """One arm: raw + smoothed for a single run; mean over seeds with a min-max band."""
+                w: int, linestyle: str = "-", *, lw: float = 2.0, marker: str = "o",
+                zorder: float = 2.0) -> bool:
+    """One arm: raw + smoothed for a single run; mean over seeds with a min-max band.
+    ``zorder`` orders one arm's lines (the training line above its sparse probe)."""
     series = [v.table[col].dropna() for v in views if col in v.table]  # arms may differ
     series = [s for s in series if len(s)]
     if not series:
@@ -140,15 +174,16 @@ def _draw_group(ax: plt.Axes, views: list[RunView], col: str, color, label: str 
         s = series[0]
         if w > 1:
             ax.plot(s.index, s.values, color=color, alpha=RAW_ALPHA, lw=0.8, ls=linestyle,
-                    marker="o" if len(s) <= 80 else None, ms=2.5)
-        ax.plot(s.index, smooth(s, w).values, color=color, lw=2, ls=linestyle, label=label,
-                marker="o" if w <= 1 else None, ms=3)
+                    marker=marker if len(s) <= 80 else None, ms=2.5, zorder=zorder)
+        ax.plot(s.index, smooth(s, w).values, color=color, lw=lw, ls=linestyle, label=label,
+                marker=marker if w <= 1 else None, ms=3, zorder=zorder)
         return True
     frame = pd.concat([smooth(s, w) for s in series], axis=1)
     mean = frame.mean(axis=1)
     ax.fill_between(frame.index, frame.min(axis=1), frame.max(axis=1), color=color,
-                    alpha=0.2, lw=0)
-    ax.plot(mean.index, mean.values, color=color, lw=2, ls=linestyle,
+                    alpha=0.2, lw=0, zorder=zorder - 0.5)
+    ax.plot(mean.index, mean.values, color=color, lw=lw, ls=linestyle, zorder=zorder,
+            marker=marker if w <= 1 else None, ms=3,
             label=None if label is None else f"{label} ({len(series)} seeds)")
     return True
 
@@ -237,12 +272,54 @@ def _mesh(ax: plt.Axes, h: Heatmap, vmin: float, vmax: float):
                          rasterized=True)
 
 
-def _cap_stairs(ax: plt.Axes, view: RunView, h: Heatmap, label: str | None = None) -> pd.Series:
-    caps = view.table["max_len"].reindex(h.steps).ffill().bfill()
-    if caps.notna().all():  # one flat segment across each step's cell
-        ax.stairs(caps.to_numpy() + h.cap_offset, _cell_edges(h.steps), baseline=None,
-                  color="red", lw=1.6, label=label)
-    return caps.dropna()
+def _caps(view: RunView, h: Heatmap) -> pd.Series:
+    """The cap in force at each of the heat map's steps (NaN throughout when unknown)."""
+    return view.table["max_len"].reindex(h.steps).ffill().bfill()
+
+
+def length_top(view: RunView, h: Heatmap) -> float:
+    """Top of the run's own length range on its heat map: the top of the highest cap's bin
+    or of the longest completion's bin, whichever is higher (not the other arms' range)."""
+    filled = np.flatnonzero(np.nansum(h.share, axis=1) > 0)
+    top = float(h.edges[filled[-1] + 1]) if filled.size else float(h.edges[-1])
+    caps = _caps(view, h)
+    return max(top, float(caps.max()) + h.cap_offset) if caps.notna().any() else top
+
+
+def _cap_and_above(ax: plt.Axes, view: RunView, h: Heatmap, top: float) -> None:
+    """The cap in force (red stairs) and the band above it up to ``top``, grey: no completion
+    can be longer than the cap, so that band is empty by construction, not by chance."""
+    caps = _caps(view, h)
+    if not caps.notna().all():
+        return
+    edges, cap_top = _cell_edges(h.steps), caps.to_numpy() + h.cap_offset
+    ax.stairs(np.full(cap_top.shape, top), edges, baseline=cap_top, fill=True,
+              color=ABOVE_CAP, lw=0, zorder=1.5)
+    ax.stairs(cap_top, edges, baseline=None, color=CAP_COLOR, lw=1.6, zorder=2.5)
+
+
+def _length_ylim(ax: plt.Axes, h: Heatmap, top: float, capped: bool) -> float:
+    """y from the first bin to ``top`` (+4% headroom where a cap is drawn, so its line and
+    the band above it show); returns the upper limit."""
+    upper = top * 1.04 if capped else top
+    ax.set_ylim(float(h.edges[0]), upper)
+    return upper
+
+
+def _cap_handles(light_text: bool = False) -> list:
+    """Legend entries of the cap line and the band above it."""
+    return [Line2D([], [], color=CAP_COLOR, lw=1.6, label="cap in force (max_len)"),
+            Patch(facecolor=ABOVE_CAP, edgecolor="0.6" if light_text else "none", lw=0.5,
+                  label="above the cap: no completion can be longer")]
+
+
+def _heatmap_panel(ax: plt.Axes, view: RunView, h: Heatmap, vmin: float, vmax: float,
+                   top: float):
+    """One heat-map panel on ``[first bin, top]``: cells, cap, band above the cap."""
+    mesh = _mesh(ax, h, vmin, vmax)
+    upper = _length_ylim(ax, h, top, _caps(view, h).notna().all())
+    _cap_and_above(ax, view, h, upper)
+    return mesh
 
 
 def _share_bar(fig: plt.Figure, mesh, axes) -> None:
@@ -255,23 +332,21 @@ def heatmap_figure(view: RunView, w: int) -> plt.Figure:
     h = view.heatmap
     assert h is not None
     fig, ax = plt.subplots(figsize=(COLUMN, HEIGHT + 0.2))
-    mesh = _mesh(ax, h, 0.0, max(float(h.share.max()), 1e-9))
+    mesh = _heatmap_panel(ax, view, h, 0.0, max(float(h.share.max()), 1e-9),
+                          length_top(view, h))
     _share_bar(fig, mesh, ax)
-    caps = _cap_stairs(ax, view, h, "cap in force (max_len)")
+    handles = _cap_handles(light_text=True) if _caps(view, h).notna().all() else []
     mean = view.table["length/mean"].dropna()
     if len(mean):
-        ax.plot(mean.index, smooth(mean, w).values, color="white", lw=1.0, ls="--",
-                label=f"mean length ({_smooth_label(w)})")
+        handles += ax.plot(mean.index, smooth(mean, w).values, color="white", lw=1.0, ls="--",
+                           label=f"mean length ({_smooth_label(w)})", zorder=3)
     bin_w = h.edges[1] - h.edges[0]
-    _title(ax, f"Response length distribution per step — {_who(view)}", 46)
+    _title(ax, _titled("Response length per step", view), 46)
     _step_axis(ax)
     ax.set_ylabel(f"response length\n(tokens, bins of {bin_w:.0f})")
-    y = h.edges
-    top = max(float(y[-1]), float(caps.max()) + h.cap_offset if len(caps) else 0.0)
-    ax.set_ylim(y[0], top + 0.04 * top)  # headroom so the cap line is visible
-    ax.set_facecolor("0.85")  # outside the bins: no data
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1, facecolor="0.3",
-              labelcolor="white", framealpha=1.0, edgecolor="0.3")
+    if handles:  # dark: the white mean line shows
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1,
+                  facecolor="0.3", labelcolor="white", framealpha=1.0, edgecolor="0.3")
     return fig
 
 
@@ -304,7 +379,7 @@ def length_quantiles_figure(view: RunView, w: int) -> plt.Figure:
                                   float(t["length/p90"].max(skipna=True) or 0),
                                   float(natural.max()) if len(natural) else 0,
                                   float(mean.max()) if len(mean) else 1) * 1.08)
-    _title(ax, f"Response length over training — {_who(view)}")
+    _title(ax, _titled("Response length over training", view))
     _step_axis(ax)
     ax.set_ylabel("response length (tokens)")
     ax.grid(alpha=0.3)
@@ -314,7 +389,21 @@ def length_quantiles_figure(view: RunView, w: int) -> plt.Figure:
     return fig
 
 
+def _ref_label(ax: plt.Axes, x: float | None, y: float | None, text: str, color) -> None:
+    """A reference line's name written beside it (not one more legend row): a vertical line
+    at ``x`` named at its top, a horizontal one at ``y`` at its left end (where a survival
+    curve is high, so the name stays clear of it)."""
+    if x is not None:
+        ax.text(x, 0.98, f" {text}", transform=ax.get_xaxis_transform(), rotation=90,
+                ha="left", va="top", fontsize=SMALL, color=color)
+    elif y is not None:
+        ax.text(0.01, y, text, transform=ax.get_yaxis_transform(), ha="left", va="bottom",
+                fontsize=SMALL, color=color)
+
+
 def km_figure(view: RunView) -> plt.Figure:
+    """Kaplan–Meier survival of length (truncated = censored) against the naive curve; the
+    naive curve is drawn last, black and dashed: where the two part is what the cap hides."""
     km, advice = view.km, view.advice
     assert km is not None
     fig, ax = plt.subplots(figsize=ONE)
@@ -322,37 +411,41 @@ def km_figure(view: RunView) -> plt.Figure:
     s = np.concatenate([[1.0], km.probs])
     lo = np.concatenate([[1.0], np.nan_to_num(km.ci_low, nan=0.0)])
     hi = np.concatenate([[1.0], np.nan_to_num(km.ci_high, nan=1.0)])
-    ax.fill_between(x, lo, hi, step="post", color="tab:blue", alpha=0.18, lw=0,
+    ax.fill_between(x, lo, hi, step="post", color=MEAN_COLOR, alpha=0.18, lw=0,
                     label="95% confidence band")
-    ax.step(x, s, where="post", color="tab:blue", lw=1.5,
-            label="Kaplan–Meier estimate (truncated = censored)")
+    ax.step(x, s, where="post", color=MEAN_COLOR, lw=1.8, zorder=3,
+            label="Kaplan–Meier (truncated = censored)")
     # The naive curve treats a truncated length as the true length.
     ax.step(np.concatenate([[0.0], km.naive_times]), np.concatenate([[1.0], km.naive_probs]),
-            where="post", color="0.45", ls=":", lw=1.2,
-            label="naive (a truncated length taken as the length)")
-    ax.axhline(TARGET_TRUNCATION, color="0.3", lw=0.8, ls="--",
-               label=f"{TARGET_TRUNCATION:.0%} truncated (target)")
+            where="post", color="black", ls=(0, (3, 1.5)), lw=1.1, zorder=4,
+            label="naive (truncated length taken as final)")
+    ax.axhline(TARGET_TRUNCATION, color="0.3", lw=0.8, ls="--")
+    _ref_label(ax, None, TARGET_TRUNCATION, f"{TARGET_TRUNCATION:.0%} truncated (target)",
+               "0.3")
     xmax = km.max_observed
     if advice is not None and advice.current_cap:
-        ax.axvline(advice.current_cap, color="tab:red", lw=1.2, ls=":",
-                   label=f"current cap ({advice.current_cap} tokens)")
+        ax.axvline(advice.current_cap, color=CAP_COLOR, lw=1.2, ls=":")
+        _ref_label(ax, advice.current_cap, None, f"cap {advice.current_cap}", CAP_COLOR)
     if advice is not None and advice.recommended_cap:
-        ax.axvline(advice.recommended_cap, color="tab:green", lw=1.2,
-                   label=f"recommended cap ({advice.recommended_cap} tokens)")
+        ax.axvline(advice.recommended_cap, color="tab:green", lw=1.2)
+        _ref_label(ax, advice.recommended_cap, None, f"recommended {advice.recommended_cap}",
+                   "tab:green")
         xmax = max(xmax, advice.recommended_cap)
     right = xmax * 1.25 + 1
     if km.censored_at_max:
         ax.axvspan(km.max_observed, right, color="0.85", alpha=0.6, lw=0,
-                   label="unknown: beyond the longest observation")
+                   label="unknown: past the longest length seen")
     ax.set_xlim(0, right)
     ax.set_ylim(0, 1.02)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    span = step_span(*km.steps)
-    _title(ax, f"Length without the cap (Kaplan–Meier, {span}, n={km.n})\n{_who(view)}")
+    # the run on one line (cut if need be), the estimate's window on the second
+    ax.set_title(f"{wrap_title(f'{_who(view)}: length without the cap', 52, 1)}\n"
+                 f"Kaplan–Meier, {step_span(*km.steps)}, n={km.n}")
     ax.set_xlabel("response length x (tokens)")
     ax.set_ylabel("completions longer than x")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False,
+              fontsize=SMALL, handlelength=1.6, columnspacing=0.8)
     return fig
 
 
@@ -387,23 +480,82 @@ def correct_incorrect_figure(report: Report) -> plt.Figure:
 NATURAL = "natural length: val/ probe at a generous cap"
 
 
+def _arm_cap(views: list[RunView]) -> float:
+    """The largest cap any of the arm's runs had in force (NaN when none is known)."""
+    caps = [float(v.table["max_len"].max()) for v in views if v.table["max_len"].notna().any()]
+    return max(caps, default=math.nan)
+
+
+def caps_differ(report: Report) -> bool:
+    """The arms' caps are more than OWN_Y_RATIO apart: on one y axis the small-cap arm would
+    be squashed into the bottom of its panel."""
+    caps = [c for c in (_arm_cap(vs) for vs in report.groups.values()) if math.isfinite(c)]
+    return len(caps) > 1 and max(caps) > OWN_Y_RATIO * min(caps)
+
+
+def _arm_length_top(views: list[RunView]) -> float:
+    """The arm's highest cap, training mean or natural length: its panel's y range."""
+    cols = ("max_len", "length/mean", "val/length/mean")
+    tops = [float(v.table[c].max()) for v in views for c in cols if v.table[c].notna().any()]
+    return max(tops, default=1.0)
+
+
+def _length_arm_panel(ax: plt.Axes, views: list[RunView], w: int) -> bool:
+    """One arm: the training mean (solid, on top), the natural length (thin, dashed, open
+    markers, beneath it) and the cap (red, dotted); returns whether the probe was drawn."""
+    caps = views[0].table["max_len"].dropna()  # an arm's seeds share their cap schedule
+    if len(caps):
+        ax.step(caps.index, caps.values, where="mid", color=CAP_COLOR, lw=1.0, ls=":",
+                zorder=1.5)
+    _draw_group(ax, views, "length/mean", MEAN_COLOR, None, w, zorder=3)
+    # The probe is sparse (every val_every steps): drawn unsmoothed, with markers.
+    natural = _draw_group(ax, views, "val/length/mean", NATURAL_COLOR, None, 1, "--", lw=1.0,
+                          marker="s", zorder=2)
+    if natural:
+        ax.lines[-1].set_markerfacecolor("white")  # open markers: the training line shows
+    ax.grid(alpha=0.3)
+    return natural
+
+
+def _length_handles(report: Report, natural: bool) -> list:
+    w = report.smoothing
+    raw, seeds = _kinds(report)
+    out = [Line2D([], [], color=MEAN_COLOR, lw=2,
+                  label=f"mean length of the training batch ({_smooth_label(w)})")]
+    if w > 1 and raw:
+        out.append(Line2D([], [], color=MEAN_COLOR, lw=0.8, alpha=RAW_ALPHA * 2, marker="o",
+                          ms=2.5, label="raw per step"))
+    if natural:
+        out.append(Line2D([], [], color=NATURAL_COLOR, lw=1.0, ls="--", marker="s", ms=3,
+                          mfc="white", label=NATURAL))
+    out.append(Line2D([], [], color=CAP_COLOR, lw=1.0, ls=":", label="cap in force (max_len)"))
+    if seeds:
+        out.append(Patch(color=MEAN_COLOR, alpha=0.2, label="band: min–max over seeds"))
+    return out
+
+
 def length_overlay_figure(report: Report) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=ONE)
-    has_val = any(v.table["val/length/mean"].notna().any() for v in report.views)
-    _panel(ax, report, "length/mean", "mean response length (tokens)",
-           "Mean response length per arm (dotted: the arm's cap"
-           + ("; dashed: natural length)" if has_val else ")"))
+    """Mean length, one panel per arm (arm = runs differing only in seed). The y axis is
+    shared unless the caps differ by more than OWN_Y_RATIO; the legend sits below the grid."""
+    groups = list(report.groups.items())
+    own_y = caps_differ(report)
+    fig, axes = _grid(len(groups), sharey=not own_y)
+    flat = list(axes.ravel())
     natural = False
-    for color, views in zip(_colors(len(report.groups)), report.groups.values(), strict=True):
-        caps = views[0].table["max_len"].dropna()
-        if len(caps):
-            ax.step(caps.index, caps.values, where="mid", color=color, lw=0.8, ls=":")
-        # The probe is sparse (every val_every steps): drawn unsmoothed, with markers.
-        natural |= _draw_group(ax, views, "val/length/mean", color, None, 1, "--")
-    ax.set_ylim(bottom=0)
-    fig.tight_layout()
-    extra = [Line2D([], [], color="0.3", lw=1.5, ls="--", marker="o", ms=2.5, label=NATURAL)]
-    _legend(fig, [ax], report, extra if natural else None)
+    for ax, (group, views) in zip(flat, groups, strict=False):
+        natural |= _length_arm_panel(ax, views, report.smoothing)
+        _title(ax, _arm_title(group, views), 30, 8.0)
+        ax.set_ylim(0, _arm_length_top(views) * 1.08)
+    if not own_y:  # shared: the highest arm sets the range
+        flat[0].set_ylim(0, max(_arm_length_top(vs) for _, vs in groups) * 1.08)
+    for ax in axes[-1]:
+        _step_axis(ax)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean response length\n(tokens)")
+    fig.suptitle("Mean response length per arm"
+                 + (" (each panel its own length scale)" if own_y else ""))
+    fig.legend(handles=_length_handles(report, natural), loc="outside lower center", ncol=2,
+               frameon=False)
     return fig
 
 
@@ -428,28 +580,26 @@ def comparison_heatmaps(report: Report) -> tuple[list[tuple[RunView, Heatmap]], 
 
 
 def heatmap_grid_figure(report: Report) -> plt.Figure:
-    """One heat-map panel per run, same axes and one colour scale: shares compare."""
+    """One heat-map panel per run on common bins and one colour scale (shares compare); each
+    panel's y axis spans that run's own lengths (up to its cap), not the longest arm's."""
     maps, vmin, vmax = comparison_heatmaps(report)
-    fig, axes = _grid(len(maps))
-    caps = [float(v.table["max_len"].max()) for v, _ in maps if v.table["max_len"].notna().any()]
-    (x0, x1), (y0, y1) = outcomes.shared_extent([h for _, h in maps], caps)
+    fig, axes = _grid(len(maps), sharey=False)
     mesh = None
     flat = list(axes.ravel())
     for ax, (view, h) in zip(flat, maps, strict=False):
-        mesh = _mesh(ax, h, vmin, vmax)
-        _cap_stairs(ax, view, h)
-        ax.set_facecolor("0.85")
+        mesh = _heatmap_panel(ax, view, h, vmin, vmax, length_top(view, h))
         _panel_title(ax, view)
+    x0, x1 = outcomes.shared_extent([h for _, h in maps])[0]
     flat[0].set_xlim(x0, x1)
-    flat[0].set_ylim(y0, y1)
     for ax in axes[-1]:
         _step_axis(ax)
     for ax in axes[:, 0]:
         ax.set_ylabel("response length (tokens)")
-    fig.suptitle("Response length distribution per step, every arm on one scale "
-                 "(red: cap in force)")
+    fig.suptitle("Response length per step, all arms on one colour scale")
     assert mesh is not None
     _share_bar(fig, mesh, flat[: len(maps)])
+    if any(_caps(v, h).notna().all() for v, h in maps):
+        fig.legend(handles=_cap_handles(), loc="outside lower center", ncol=2, frameon=False)
     return fig
 
 
@@ -489,53 +639,95 @@ def accuracy_by_length_figure(report: Report) -> plt.Figure:
     return fig
 
 
+def outcome_class_heatmaps(r: Rollouts, caps: np.ndarray | None = None) -> list[Heatmap] | None:
+    """Per-step length heat maps of the OUTCOMES classes, as the histograms below them split
+    the completions: finished and correct, finished and incorrect, truncated (whatever the
+    grade: cut off, its answer is not the model's). Each cell is a share of ALL the step's
+    completions, so the three add up to the step's heat map less its finished ungraded rows.
+    Bins as :func:`aggregate.rollout_heatmap`; None without graded rows."""
+    if not len(r) or not np.isfinite(r.correct).any():
+        return None
+    steps, inv, b, edges = length_bins(r, caps)
+    bins = len(edges) - 1
+    cell = inv * bins + b
+    total = np.maximum(np.bincount(inv, minlength=steps.shape[0]), 1).astype(np.float64)
+    known, done = np.isfinite(r.correct), ~r.truncated
+    right = known & (r.correct >= 0.5)
+    out = []
+    for m in (right & done, known & ~right & done, r.truncated):
+        counts = np.bincount(cell[m], minlength=steps.shape[0] * bins)
+        out.append(Heatmap(steps, edges, counts.reshape(steps.shape[0], bins).T / total,
+                           "rollouts", 0.5))
+    return out
+
+
+def _row_major(handles: list, ncol: int) -> list:
+    """``handles`` reordered so a legend (which fills column by column) reads row by row."""
+    rows = math.ceil(len(handles) / ncol)
+    return [handles[r * ncol + c] for c in range(ncol) for r in range(rows)
+            if r * ncol + c < len(handles)]
+
+
+def _outcome_heatmap_row(fig: plt.Figure, axes: Sequence[plt.Axes], view: RunView,
+                         maps: list[Heatmap]) -> None:
+    """The top row: one heat map per outcome class, one colour scale and one y range."""
+    vmin, vmax = outcomes.shared_color_limits(maps)
+    top = max(length_top(view, h) for h in maps)
+    mesh = None
+    for ax, h, (name, color) in zip(axes, maps, OUTCOMES, strict=True):
+        mesh = _heatmap_panel(ax, view, h, vmin, vmax, top)
+        ax.set_title(f"{name}, per step", color=color, fontsize=8.5)  # its histogram colour
+        _step_axis(ax)
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))  # a third of the page
+    for ax in axes[1:]:
+        ax.tick_params(labelleft=False)  # one shared length axis, labelled once
+    axes[0].set_xlim(*outcomes.shared_extent(maps)[0])
+    axes[0].set_ylabel("response length (tokens)")
+    _share_bar(fig, mesh, list(axes))
+
+
+def _outcome_histogram(ax: plt.Axes, edges: np.ndarray, win: outcomes.WindowBins,
+                       name: str) -> None:
+    """One window's length histogram, stacked by outcome class (share of its completions)."""
+    widths = np.diff(edges)
+    parts = (win.finished_correct, win.finished_incorrect, win.truncated)
+    total = max(int(sum(p.sum() for p in parts)), 1)
+    base = np.zeros_like(widths)
+    for part, (label, color) in zip(parts, OUTCOMES, strict=True):
+        ax.bar(edges[:-1], part / total, widths, bottom=base, align="edge", color=color, lw=0,
+               label=label)
+        base = base + part / total
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_xlabel("response length (tokens)")
+    ax.grid(alpha=0.3, axis="y")
+    _title(ax, f"{name} window: {step_span(*win.steps)}", 40)
+
+
 def outcomes_figure(view: RunView) -> plt.Figure:
-    """Top: per-step heat maps of correct and incorrect completions (one colour scale; the
-    two add up to the run's heat map). Bottom: early / late length histograms split into
-    correct, incorrect (finished) and truncated completions (shared axes)."""
+    """Top: per-step heat maps of the three outcome classes (correct and incorrect finished
+    completions, truncated ones; one colour scale). Bottom: early / late length histograms
+    split into the same classes, same colours (shared axes)."""
     r = view.run.rollouts
     assert r is not None
-    maps = outcomes.outcome_heatmaps(r, view.table["max_len"].to_numpy(dtype=np.float64))
+    maps = outcome_class_heatmaps(r, view.table["max_len"].to_numpy(dtype=np.float64))
     a = outcomes.accuracy_by_length(r, view.summary.window)
     assert maps is not None and a is not None
-    fig = plt.figure(figsize=(PAGE, 2 * HEIGHT + 0.6))
-    grid = fig.add_gridspec(2, 2, hspace=0.55, wspace=0.12)
-    top = [fig.add_subplot(grid[0, 0])]
-    top.append(fig.add_subplot(grid[0, 1], sharex=top[0], sharey=top[0]))
-    vmin, vmax = outcomes.shared_color_limits(maps)
-    mesh = None
-    for ax, h, name in zip(top, maps, ("correct", "incorrect"), strict=True):
-        mesh = _mesh(ax, h, vmin, vmax)
-        _cap_stairs(ax, view, h)
-        ax.set_facecolor("0.85")
-        _title(ax, f"{name} completions per step", 40)
-        _step_axis(ax)
-    (x0, x1), (y0, y1) = outcomes.shared_extent(
-        list(maps), [float(view.table["max_len"].max())]
-        if view.table["max_len"].notna().any() else [])
-    top[0].set_xlim(x0, x1)
-    top[0].set_ylim(y0, y1)
-    top[0].set_ylabel("response length (tokens)")
-    _share_bar(fig, mesh, top)
-    bottom = [fig.add_subplot(grid[1, 0])]
-    bottom.append(fig.add_subplot(grid[1, 1], sharex=bottom[0], sharey=bottom[0]))
-    widths = np.diff(a.edges)
+    fig = plt.figure(figsize=(PAGE, 2 * HEIGHT + 0.7))
+    grid = fig.add_gridspec(2, 6, hspace=0.5, wspace=0.5)
+    top = [fig.add_subplot(grid[0, 0:2])]
+    top += [fig.add_subplot(grid[0, i:i + 2], sharex=top[0], sharey=top[0]) for i in (2, 4)]
+    _outcome_heatmap_row(fig, top, view, maps)
+    bottom = [fig.add_subplot(grid[1, 0:3])]
+    bottom.append(fig.add_subplot(grid[1, 3:6], sharex=bottom[0], sharey=bottom[0]))
     for ax, win, name in zip(bottom, (a.early, a.late), ("early", "late"), strict=True):
-        total = max(int((win.finished_correct + win.finished_incorrect + win.truncated).sum()), 1)
-        base = np.zeros_like(widths)
-        for part, color, label in ((win.finished_correct, "tab:green", "correct (finished)"),
-                                   (win.finished_incorrect, "tab:red", "incorrect (finished)"),
-                                   (win.truncated, "0.45", "truncated")):
-            ax.bar(a.edges[:-1], part / total, widths, bottom=base, align="edge",
-                   color=color, lw=0, label=label)
-            base = base + part / total
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-        ax.set_xlabel("response length (tokens)")
-        ax.grid(alpha=0.3, axis="y")
-        _title(ax, f"{name} window: {step_span(*win.steps)}", 40)
+        _outcome_histogram(ax, a.edges, win, name)
     bottom[0].set_ylabel("share of the window's\ncompletions")
-    bottom[0].legend(loc="upper center", bbox_to_anchor=(1.05, -0.28), ncol=3, frameon=False)
-    fig.suptitle(f"Length by outcome — {display_name(view.run)}")
+    handles = bottom[0].get_legend_handles_labels()[0]
+    if _caps(view, maps[0]).notna().all():
+        handles += _cap_handles()
+    fig.legend(handles=_row_major(handles, 3), loc="upper center", bbox_to_anchor=(0.5, 0.02),
+               ncol=3, frameon=False)
+    fig.suptitle(_titled("Length by outcome", view))
     return fig
 
 
@@ -587,15 +779,17 @@ def _draw_all(report: Report, out: Path, formats: tuple[str, ...]) -> list[Figur
         if "heatmap" in parts and view.heatmap is not None:
             add(f"{stem}_heatmap", f"Length heat map — {display_name(view.run)}",
                 f"Share of completions per length bin and step (from {view.heatmap.source}); "
-                "the red line is the cap in force. The colour scale is this run's own.",
+                "the red line is the cap in force, grey above it lengths no completion can "
+                "reach. The colour scale is this run's own.",
                 lambda: heatmap_figure(view, w), rid)
         if "outcomes" in parts and _graded(view):
             add(f"{stem}_outcomes", f"Length by outcome — {display_name(view.run)}",
-                "Top: share of each step's completions per length bin, correct (left) and "
-                "incorrect (right), on one colour scale; the two add up to the heat map. "
-                "Bottom: length histograms of the early and late windows split into correct "
-                "and incorrect finished completions and truncated ones (share of the "
-                "window's completions, same axes).",
+                "Top: share of each step's completions per length bin for the three "
+                "outcomes: correct and incorrect finished completions and truncated ones "
+                "(whatever their grade), on one colour scale; together they make the heat "
+                "map. Bottom: length histograms of the early and late windows split into the "
+                "same three outcomes (share of the window's completions, same axes). Grey "
+                "above the red cap line: lengths no completion can reach.",
                 lambda: outcomes_figure(view), rid)
         if "km" in parts and view.km is not None:
             add(f"{stem}_km", f"Length without the cap — {display_name(view.run)}",
@@ -605,16 +799,22 @@ def _draw_all(report: Report, out: Path, formats: tuple[str, ...]) -> list[Figur
 
     if multi:
         add("length_mean", "Mean length per arm",
-            "Mean response length per step for each arm; dotted lines are the caps"
-            + (", dashed lines the natural length (the val/ probe: fixed prompts at a generous "
-               "cap)." if any(v.table["val/length/mean"].notna().any() for v in report.views)
-               else " (no natural-length probe: trainer.val_every=0)."),
+            "Mean response length per step, one panel per arm (blue: the training batch; "
+            "red dotted: the cap"
+            + ("; purple dashed: the natural length, i.e. the val/ probe: fixed prompts at a "
+               "generous cap)." if any(v.table["val/length/mean"].notna().any()
+                                       for v in report.views)
+               else "; no natural-length probe: trainer.val_every=0).")
+            + (" The arms' caps differ a lot, so each panel has its own length scale."
+               if caps_differ(report) else " All panels share one length scale."),
             lambda: length_overlay_figure(report))
         if any(v.heatmap is not None for v in report.views):
             add("length_heatmaps", "Length heat maps, all arms on one scale",
                 "One panel per run: share of each step's completions per length bin, with the "
-                "same steps, length bins and colour scale in every panel (the per-run heat "
-                "maps below each use their own scale).",
+                "same steps, length bins and colour scale in every panel; each panel's length "
+                "axis spans its own run (up to its cap), grey above the red cap line: lengths "
+                "no completion can reach (the per-run heat maps below each use their own "
+                "colour scale).",
                 lambda: heatmap_grid_figure(report))
     else:  # one run: its length curves lead
         per_run(report.views[0], 0, ("length", "heatmap"))
