@@ -364,11 +364,14 @@ def sample_toy_model(model: Any, tokenizer: Any, problems: list[str], max_new_to
 
 
 def evaluate_toy_model(model_dir: Path, num_prompts: int, max_new_tokens: int,
-                       temperature: float = 1.0, seed: int = 0, n: int = 1) -> dict[str, Any]:
+                       temperature: float = 1.0, seed: int = 0, n: int = 1,
+                       caps: tuple[int, ...] = ()) -> dict[str, Any]:
     """Accuracy, length quantiles and truncation share of samples on held-out toy prompts.
 
     Lengths count generated tokens including EOS (no padding); ``truncated_share`` is the
-    share with no EOS within ``max_new_tokens``. ``by_style`` splits the samples by the
+    share with no EOS within ``max_new_tokens``. ``truncated_share_at[c]`` is the share a
+    smaller cap ``c`` would have cut (length > c): the same draws, since sampling at cap c is
+    the first c steps of sampling at ``max_new_tokens``. ``by_style`` splits the samples by the
     style the model chose (see :func:`grpo_cli.data.toy.style_of`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -410,4 +413,5 @@ def evaluate_toy_model(model_dir: Path, num_prompts: int, max_new_tokens: int,
         "length_p99": float(p99),
         "length_max": float(lengths.max()),
         "by_style": by_style,
+        "truncated_share_at": {c: float((lengths > c).mean()) for c in caps},
     }

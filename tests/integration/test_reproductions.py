@@ -1,12 +1,13 @@
 """The length-dynamics reproductions on the embedded default, through the real `grpo sweep`.
 
-Each test runs a shipped sweep file on Hydra's joblib launcher (two arms at a time, the
-default 60 steps of 16 prompts x 8 samples; the cap sweep is crossed with two loss modes so
-one sweep serves two reproductions) and asserts the direction of the effect with a margin
-that held for seeds 0, 1 and 2. The numbers are in each test's docstring, measured with
-`grpo sweep sweeps/<file> seed=0,1,2` and `grpo report <sweep-id>`. The length-control
-methods run sweeps/toy_length_methods.yaml as it is (40 steps, one arm after another, ~6
-minutes for its seed-0 arms), measured with docs/length_methods_table.py.
+Each test runs a shipped sweep file on Hydra's joblib launcher (two arms at a time, one torch
+thread each, the default 60 steps of 16 prompts x 8 samples) and asserts the direction of the
+effect with a margin that held for seeds 0, 1 and 2. The numbers are in each test's
+docstring, measured with `grpo sweep sweeps/<file> seed=0,1,2` and `grpo report <sweep-id>`.
+Four arms serve the first three reproductions: cap 32 plain and filtered
+(sweeps/toy_overlong_filter.yaml) and cap 160 under two loss modes (sweeps/loss_mode.yaml).
+The length-control methods run sweeps/toy_length_methods.yaml as it is (40 steps, one arm
+after another, ~6 minutes for its seed-0 arms), measured with docs/length_methods_table.py.
 """
 
 from __future__ import annotations
@@ -53,19 +54,28 @@ FIRST, LAST = slice(0, 10), slice(-10, None)
 
 
 @pytest.fixture(scope="module")
-def cap_by_loss_mode(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, str], list]:
-    """sweeps/toy_max_len.yaml crossed with two loss modes: 4 arms, the metrics of each by
-    (cap, mode). One sweep serves the cap reproduction and the loss-mode one."""
-    modes = ("seq-mean-token-mean", "seq-mean-token-sum-norm")
-    arms = run_sweep(tmp_path_factory, "toy_max_len.yaml",
-                     f"algorithm.loss_agg_mode={','.join(modes)}")
-    by_key = {(a.config["data"]["max_response_length"], a.config["algorithm"]["loss_agg_mode"]):
-              a.metrics for a in arms}
-    assert set(by_key) == {(cap, mode) for cap in (32, 160) for mode in modes}
-    return by_key
+def small_cap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+    """sweeps/toy_overlong_filter.yaml: cap 32, plain GRPO and overlong filtering."""
+    plain, filtered = run_sweep(tmp_path_factory, "toy_overlong_filter.yaml")
+    assert plain.config["data"]["max_response_length"] == 32
+    assert not plain.config["algorithm"]["mask_truncated"]
+    assert filtered.config["algorithm"]["mask_truncated_in_adv"]
+    return {"plain": plain.metrics, "filtered": filtered.metrics}
 
 
-def test_small_cap_makes_the_policy_short_and_a_large_cap_does_not(cap_by_loss_mode) -> None:
+MODES = ("seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+@pytest.fixture(scope="module")
+def large_cap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+    """sweeps/loss_mode.yaml (cap 160) under GRPO's and Dr. GRPO's loss aggregation."""
+    arms = run_sweep(tmp_path_factory, "loss_mode.yaml",
+                     f"algorithm.loss_agg_mode={','.join(MODES)}")
+    assert {a.config["data"]["max_response_length"] for a in arms} == {160}
+    return {a.config["algorithm"]["loss_agg_mode"]: a.metrics for a in arms}
+
+
+def test_small_cap_makes_the_policy_short_and_a_large_cap_does_not(small_cap, large_cap) -> None:
     """The seed's effect. Seeds 0/1/2 (versions of constraints.txt), mean over the first ->
     last 10 steps:
     cap 32: length 23.9->15.8, 23.0->12.8, 23.8->10.9 (-34%, -44%, -54%); clip ratio
@@ -73,8 +83,7 @@ def test_small_cap_makes_the_policy_short_and_a_large_cap_does_not(cap_by_loss_m
     last step) 46->12, 34->13, 50->11.
     cap 160: length 47.5->44.8, 40.6->45.1, 46.9->46.1 (-6%, +11%, -2%), clip 0; natural
     length 46->45, 34->35, 50->46; reward 0.62->0.77, 0.64->0.69, 0.61->0.72."""
-    small = cap_by_loss_mode[(32, "seq-mean-token-mean")]
-    large = cap_by_loss_mode[(160, "seq-mean-token-mean")]
+    small, large = small_cap["plain"], large_cap["seq-mean-token-mean"]
 
     def change(metrics: list[dict], key: str) -> float:
         return mean(metrics, key, LAST) / mean(metrics, key, FIRST) - 1
@@ -93,13 +102,13 @@ def test_small_cap_makes_the_policy_short_and_a_large_cap_does_not(cap_by_loss_m
     assert change(large, "reward/mean") > 0
 
 
-def test_overlong_filtering_keeps_the_natural_length_at_the_small_cap(tmp_path_factory) -> None:
+def test_overlong_filtering_keeps_the_natural_length_at_the_small_cap(small_cap) -> None:
     """A remedy: overlong filtering (no loss and no group statistics for truncated answers).
     Natural length (val/length/mean at cap 128), first -> last step, seeds 0/1/2: plain GRPO
     46->12, 34->13, 50->11; filtered 46->50, 34->42, 50->51. Clip ratio over the last 10
     steps: plain 0.17, 0.13, 0.05; filtered 0.62, 0.72, 0.71. Masking only the loss
     (mask_truncated alone) collapsed like plain GRPO when last measured (seed 0: 44->12)."""
-    plain, filtered = (a.metrics for a in run_sweep(tmp_path_factory, "toy_overlong_filter.yaml"))
+    plain, filtered = small_cap["plain"], small_cap["filtered"]
     val_plain = [m["val/length/mean"] for m in plain if "val/length/mean" in m]
     val_filtered = [m["val/length/mean"] for m in filtered if "val/length/mean" in m]
     assert val_filtered[-1] >= 0.9 * val_filtered[0]
@@ -117,14 +126,14 @@ def gap_growth(metrics: list[dict]) -> float:
     return gap(metrics[LAST]) - gap(metrics[FIRST])
 
 
-def test_per_sequence_normalisation_lets_wrong_answers_grow_longer(cap_by_loss_mode) -> None:
+def test_per_sequence_normalisation_lets_wrong_answers_grow_longer(large_cap) -> None:
     """Dr. GRPO's length bias at cap 160 (nothing truncated). Growth of the incorrect - correct
     length gap, first -> last 10 steps, seeds 0/1/2, with the versions in constraints.txt:
     seq-mean-token-mean +12.9, +11.1, +12.4 tokens; seq-mean-token-sum-norm +11.8, +9.0, +9.6
     (smallest difference 1.1 tokens; with the libraries of 2026-11-24 it was 14.3/13.9/11.4
     against 7.2/5.4/7.4: the direction held, the size did not)."""
-    biased = gap_growth(cap_by_loss_mode[(160, "seq-mean-token-mean")])
-    unbiased = gap_growth(cap_by_loss_mode[(160, "seq-mean-token-sum-norm")])
+    biased = gap_growth(large_cap["seq-mean-token-mean"])
+    unbiased = gap_growth(large_cap["seq-mean-token-sum-norm"])
     assert biased > 0
     assert biased >= unbiased + 0.5
 
@@ -141,7 +150,7 @@ LATE = slice(-4, None)  # the last 10% of the 40 steps, as in the README table
 @pytest.fixture(scope="module")
 def length_methods(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     """sweeps/toy_length_methods.yaml at seed 0, one arm after another: the metrics of each
-    method (the README table has seeds 0-2)."""
+    method (the docs table has seeds 0-2)."""
     arms = run_sweep(tmp_path_factory, "toy_length_methods.yaml", "seed=0",
                      f"length={','.join(LENGTH_METHODS)}", timeout=1800)
     by_method = dict(zip(LENGTH_METHODS, arms, strict=True))
@@ -164,18 +173,18 @@ def val_accuracy(metrics: list[dict]) -> float:
 
 def test_length_methods_against_plain_grpo_at_cap_32(length_methods) -> None:
     """Plain GRPO vs each method at cap 32, 40 steps, each as its paper ran it; seeds 0/1/2,
-    from `grpo sweep sweeps/toy_length_methods.yaml` (README "Length controls on the toy",
-    measured 2026-12-06). Natural length (val/length/mean, last step): plain 30.6, 23.4, 27.3;
-    ShorterBetter 48.5, 43.1, 49.2; Arora-Zanette (RLOO, alpha 0.1) 23.2, 30.8, 25.3; GFPO
-    40.9, 30.2, 42.2; L1-Max 6.0, 13.4, 5.0; stop penalty 8.3, 6.8, 6.8; ThinkPrune 14.4,
-    19.5, 15.9. Clip ratio (last 4 steps): plain 0.48, 0.30, 0.32; ShorterBetter 0.61, 0.54,
-    0.66; Arora-Zanette 0.45, 0.44, 0.36; GFPO 0.56, 0.38, 0.54; stop penalty 0.00-0.02.
+    from `grpo sweep sweeps/toy_length_methods.yaml` (docs/length-controls.md "Length controls
+    on the toy", measured 2026-12-06). Natural length (val/length/mean, last step): plain 30.6,
+    23.4, 27.3; ShorterBetter 48.5, 43.1, 49.2; Arora-Zanette (RLOO, alpha 0.1) 23.2, 30.8,
+    25.3; GFPO 40.9, 30.2, 42.2; L1-Max 6.0, 13.4, 5.0; stop penalty 8.3, 6.8, 6.8; ThinkPrune
+    14.4, 19.5, 15.9. Clip ratio (last 4 steps): plain 0.48, 0.30, 0.32; ShorterBetter 0.61,
+    0.54, 0.66; Arora-Zanette 0.45, 0.44, 0.36; GFPO 0.56, 0.38, 0.54; stop penalty 0.00-0.02.
     Training accuracy (last 4 steps): plain 0.37, 0.45, 0.39; L1-Max 0.19, 0.07, 0.16;
-    ThinkPrune 0.31, 0.28, 0.32. Validation accuracy (last step): plain 0.47, 0.62, 0.55;
-    L1-Max 0.28, 0.09, 0.23; stop penalty 0.31, 0.41, 0.20; ThinkPrune 0.36, 0.52, 0.33.
-    Length (last 4 steps): plain 22.4, 19.7, 17.3; ShorterBetter 25.9, 25.6, 26.4;
-    Arora-Zanette 21.6, 23.1, 18.6; GFPO 24.4, 21.7, 23.2; L1-Max 6.1, 12.6, 5.0; stop
-    penalty 7.7, 8.5, 6.7; ThinkPrune 10.2-10.8. The margins below held for every seed."""
+    ThinkPrune 0.31, 0.28, 0.32. Validation accuracy (last step): plain 0.47, 0.62, 0.55; L1-Max
+    0.28, 0.09, 0.23; stop penalty 0.31, 0.41, 0.20; ThinkPrune 0.36, 0.52, 0.33. Length (last 4
+    steps): plain 22.4, 19.7, 17.3; ShorterBetter 25.9, 25.6, 26.4; Arora-Zanette 21.6, 23.1,
+    18.6; GFPO 24.4, 21.7, 23.2; L1-Max 6.1, 12.6, 5.0; stop penalty 7.7, 8.5, 6.7; ThinkPrune
+    10.2-10.8. The margins below held for every seed."""
     m = length_methods
     base = m["none"]
 
@@ -221,11 +230,11 @@ def test_length_methods_against_plain_grpo_at_cap_32(length_methods) -> None:
 
 def test_dynamic_sampling_speeds_up_the_collapse_at_cap_32(tmp_path_factory,
                                                           length_methods) -> None:
-    """DAPO's dynamic sampling vs plain GRPO at cap 32 (the plain arm is length_methods'
-    `none`, the same config); seeds 0/1/2 from `grpo sweep sweeps/toy_dynamic_sampling.yaml`
-    (README "Dynamic sampling on the toy", measured 2026-12-06). Natural length (last
-    probe): dynamic 10.3, 14.9, 11.7 vs plain 30.6, 23.4, 27.3. Length (last 4 steps): 12.0,
-    13.3, 12.3 vs 22.4, 19.7, 17.3. Clip ratio (last 4 steps): 0.05, 0.12, 0.06 vs 0.48,
+    """DAPO's dynamic sampling vs plain GRPO at cap 32 (the plain arm is length_methods' `none`,
+    the same config); seeds 0/1/2 from `grpo sweep sweeps/toy_dynamic_sampling.yaml`
+    (docs/length-controls.md "Dynamic sampling on the toy", measured 2026-12-06). Natural length
+    (last probe): dynamic 10.3, 14.9, 11.7 vs plain 30.6, 23.4, 27.3. Length (last 4 steps):
+    12.0, 13.3, 12.3 vs 22.4, 19.7, 17.3. Clip ratio (last 4 steps): 0.05, 0.12, 0.06 vs 0.48,
     0.30, 0.32. Steps 0-9: clip ratio of the trained completions 0.34, 0.28, 0.35 vs of all
     sampled 0.53, 0.51, 0.54; of the dropped groups, every completion cut in 0.20, 0.19, 0.15;
     every step filled its 16 groups (3.0-3.5 rounds on average)."""

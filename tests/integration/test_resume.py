@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from grpo_cli.telemetry.store import read_metrics, read_rollouts
 from grpo_cli.telemetry.wandb_files import read_wandb_history
-from tests.helpers import TINY, run_id_of, start_grpo
+from tests.helpers import TINY, Gate, run_id_of, start_grpo
 
 BASE = [*TINY, "trainer.val_every=2", "val.num_prompts=4", "logger.sample_every=1"]
 
@@ -66,26 +65,27 @@ def test_resumed_run_matches_an_uninterrupted_run_step_for_step(grpo, runs_dir: 
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(grpo, runs_dir: Path) -> None:
-    """kill -9 mid-run, plus the leftover of a kill during a checkpoint write (the newest
-    checkpoint directory without its completion marker, shards cut short), then resume:
-    every step is recorded exactly once and the metrics equal an uninterrupted run's."""
+    """kill -9 mid-run (held at a known step by a gate in the reward), plus the leftover of a
+    kill during a checkpoint write (the newest checkpoint directory without its completion
+    marker, shards cut short), then resume: every step is recorded exactly once and the
+    metrics equal an uninterrupted run's (same reward scores, no gate)."""
     import shutil
 
-    steps = 20
-    args = [*TINY, f"trainer.steps={steps}", "trainer.save_every=2"]
-    full = run_id_of(grpo("run", *args, "logger.wandb.mode=disabled"))
+    steps = 8
+    gate = Gate(runs_dir.parent, at=6)  # killed while step 5 scores: steps 0-4 are recorded
+    args = [*TINY, f"trainer.steps={steps}", "trainer.save_every=2", "trainer.val_every=0",
+            gate.reward]
+    full = run_id_of(grpo("run", *args, "logger.wandb.mode=disabled", "run_id=full",
+                          "reward.function=grpo_cli.rewards.math:compute_score"))
     proc = start_grpo(  # W&B offline too: its files are cut short by the kill as well
         runs_dir, "run", *args, "run_id=killed", "logger.wandb.mode=offline",
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     metrics = runs_dir / "killed" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_bytes().splitlines()) >= 7:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    gate.wait(proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    gate.open()  # the resumed process counts its own calls: let its 6th pass
+    assert len(metrics.read_text().splitlines()) == 5
     assert json.loads((runs_dir / "killed" / "meta.json").read_text())["status"] == "running"
     ckpts = runs_dir / "killed" / "checkpoints"
     done = sorted(p for p in ckpts.glob("step-*") if (p / "complete.json").is_file())

@@ -145,11 +145,19 @@ def test_evaluate_reports_truncation_by_cap() -> None:
 def test_committed_model_is_competent_but_imperfect() -> None:
     """The RL starting point the issue asks for: 40-90% accurate at T=1 under a generous cap,
     lengths spread so that a small cap truncates a large share and a large cap almost none."""
-    generous = evaluate_toy_model(TOY_MODEL_DIR, num_prompts=128, max_new_tokens=200, n=2)
+    generous = evaluate_toy_model(TOY_MODEL_DIR, num_prompts=128, max_new_tokens=200, n=2,
+                                  caps=(32, 160))
     assert 0.4 <= generous["accuracy"] <= 0.9, generous
     assert generous["truncated_share"] <= 0.01
     assert generous["length_p10"] <= 10 and generous["length_p90"] >= 60
-    small = evaluate_toy_model(TOY_MODEL_DIR, num_prompts=128, max_new_tokens=32, n=2)
-    assert small["truncated_share"] >= 0.4
-    large = evaluate_toy_model(TOY_MODEL_DIR, num_prompts=128, max_new_tokens=160, n=2)
-    assert large["truncated_share"] <= 0.02
+    assert generous["truncated_share_at"][32] >= 0.4
+    assert generous["truncated_share_at"][160] <= 0.02
+
+
+def test_a_smaller_cap_cuts_what_its_first_steps_sample() -> None:
+    """truncated_share_at[c] from one generous sampling equals sampling at cap c itself."""
+    generous = evaluate_toy_model(TOY_MODEL_DIR, num_prompts=16, max_new_tokens=64, n=2,
+                                  caps=(12,))
+    capped = evaluate_toy_model(TOY_MODEL_DIR, num_prompts=16, max_new_tokens=12, n=2)
+    assert 0 < capped["truncated_share"] < 1
+    assert generous["truncated_share_at"][12] == capped["truncated_share"]
