@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from grpo_cli.report.load import Histograms, Rollouts, RunData
-from grpo_cli.telemetry.length_metrics import grouped_length_stats
+from grpo_cli.telemetry.length_metrics import grouped_length_stats, grouped_variance_split
 
 MAX_HEATMAP_BINS = 48  # enough to see the shape, few enough to read a bin's width
 
@@ -25,6 +25,7 @@ STEP_COLUMNS = (
     "reward/truncated_mean", "reward/terminated_mean", "accuracy",
     "corr/reward_length_spearman", "corr/within_group_spearman", "max_len", "perf/step_s",
     "completions", "val/length/mean",  # the natural-length probe (every trainer.val_every)
+    "length/between_prompt_frac", "length/within_group_std",  # where length variance lives
 )
 
 
@@ -131,6 +132,9 @@ def rollout_step_table(r: Rollouts) -> pd.DataFrame:
     steps, inv = np.unique(r.step, return_inverse=True)
     stats = grouped_length_stats(inv.reshape(-1), steps.shape[0], r.length, r.truncated,
                                  r.reward, r.correct)
+    if r.prompt_id is not None:  # stores of every version have it; hand-built ones may not
+        stats.update(grouped_variance_split(inv.reshape(-1), steps.shape[0], r.prompt_id,
+                                            r.length))
     return pd.DataFrame(stats, index=pd.Index(steps.astype(np.int64), name="step"))
 
 

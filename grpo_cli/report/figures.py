@@ -860,6 +860,18 @@ def _draw_all(report: Report, out: Path, formats: tuple[str, ...]) -> list[Figur
             Panel("corr/within_group_spearman", "mean Spearman ρ within groups",
                   "within prompt groups", "no within-group correlation recorded",
                   zero_line=True)]))
+    if any(v.table["length/between_prompt_frac"].notna().any() for v in report.views):
+        add("length_variance", "Where length variance lives",
+            "Share of each step's length variance that lies between prompts (left; the rest "
+            "lies within prompt groups), and the spread within groups (right: root mean "
+            "squared deviation from the group's mean length). A falling share: the policy "
+            "stopped adapting length to the problem; the within-group spread is what GRPO's "
+            "group-relative signal about length feeds on.",
+            lambda: _panels_figure(report, "Where length variance lives, per step", [
+                Panel("length/between_prompt_frac", "between prompts (% of length variance)",
+                      "between prompts", "not recorded", percent=True),
+                Panel("length/within_group_std", "within-group spread (tokens)",
+                      "within prompt groups", "not recorded")]))
     add("correct_incorrect", "Correct vs incorrect length",
         "Mean length of correct and incorrect completions per step.",
         lambda: correct_incorrect_figure(report))

@@ -1,6 +1,6 @@
 """Turn what the user typed (run ids, a sweep id, a W&B run) into in-memory run data.
 
-Only the five rollout columns the report uses are read from Parquet, as numpy arrays, so a
+Only the six rollout columns the report uses are read from Parquet, as numpy arrays, so a
 store of a million completions costs tens of MB. Every user mistake (unknown id, a path
 instead of an id, a sweep without runs) is a :class:`ConfigError`, which the CLI prints as
 one line with exit code 2.
@@ -27,7 +27,7 @@ from grpo_cli.errors import ConfigError
 from grpo_cli.telemetry.store import read_metrics, resolve_run_dir, rollout_parts, runs_root
 from grpo_cli.telemetry.wandb_files import read_wandb_history
 
-ROLLOUT_COLUMNS = ("step", "response_length", "truncated", "reward", "correct")
+ROLLOUT_COLUMNS = ("step", "response_length", "truncated", "reward", "correct", "prompt_id")
 HIST_KEY = "length/hist"
 # Config keys that differ between runs without making them different experiments.
 _IDENTITY_KEYS = ("run_id", "name", "sweep_id", "runs_dir", "seed")
@@ -44,6 +44,7 @@ class Rollouts:
     truncated: np.ndarray
     reward: np.ndarray
     correct: np.ndarray
+    prompt_id: np.ndarray | None = None  # the prompt group; None in stores without it
 
     def __len__(self) -> int:
         return int(self.step.shape[0])
@@ -308,7 +309,7 @@ def load_sweep(root: Path, sweep_dir: Path) -> tuple[list[RunData], list[str]]:
 
 
 def read_rollout_columns(run_dir: Path) -> Rollouts | None:
-    """The report's five columns from every complete part (unreadable parts are skipped)."""
+    """The report's six columns from every complete part (unreadable parts are skipped)."""
     pieces: dict[str, list[np.ndarray]] = {c: [] for c in ROLLOUT_COLUMNS}
     for part in rollout_parts(run_dir):
         try:
@@ -333,10 +334,12 @@ def read_rollout_columns(run_dir: Path) -> Rollouts | None:
     if not pieces["step"] or sum(len(p) for p in pieces["step"]) == 0:
         return None
     cat = {k: np.concatenate(v) for k, v in pieces.items()}
+    prompt = cat["prompt_id"]
     return Rollouts(step=cat["step"].astype(np.int64), length=cat["response_length"],
                     truncated=cat["truncated"].astype(bool),
                     reward=cat["reward"].astype(np.float32),
-                    correct=cat["correct"].astype(np.float32))
+                    correct=cat["correct"].astype(np.float32),
+                    prompt_id=prompt.astype(np.int64) if np.isfinite(prompt).all() else None)
 
 
 def metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -94,6 +94,14 @@ def _batch_metrics(pre: str, batch: str, every: str) -> tuple[Metric, ...]:
                f"(correct >= 0.5) of {batch}.", f"{also}{CORRECTNESS}, and some are correct"),
         Metric(f"{pre}length/incorrect_mean", f"Mean length of the graded, incorrect "
                f"completions of {batch}.", f"{also}{CORRECTNESS}, and some are incorrect"),
+        Metric(f"{pre}length/between_prompt_frac", f"Share of the length variance of {batch} "
+               "that lies between prompts (variance of the prompt-group means over the total, "
+               "population variances): near 1 the policy sets length by the problem; falling, "
+               "it stopped adapting length to the prompt.",
+               f"{also}omitted when every completion has the same length"),
+        Metric(f"{pre}length/within_group_std", f"Root of the mean squared deviation of each "
+               f"completion's length from its prompt group's mean, over {batch}: the spread "
+               "GRPO's group-relative signal about length works with.", every),
         Metric(f"{pre}reward/mean", f"Mean final reward (the task reward plus every length "
                f"term) over {batch}.", f"{also}omitted when some reward is not finite"),
         Metric(f"{pre}reward/std", f"Population standard deviation (ddof=0) of the final "

@@ -99,7 +99,63 @@ def step_length_metrics(
     if per_group.size:
         out["corr/within_group_spearman"] = float(per_group.mean())
         out["corr/within_group_count"] = int(per_group.size)
+    out.update(length_variance_split(lengths, dense.reshape(-1)))
     return {k: v for k, v in out.items() if np.isfinite(v)}
+
+
+def length_variance_split(lengths: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """Where one batch's length variance lives (see :func:`grouped_variance_split`):
+    ``length/between_prompt_frac`` and ``length/within_group_std``, omitted where undefined.
+
+    Args:
+        lengths: [N] generated tokens per completion.
+        groups: [N] dense prompt-group index 0..k-1 of each completion.
+    """
+    if np.asarray(lengths).shape[0] == 0:
+        return {}
+    split = grouped_variance_split(np.zeros(len(groups), dtype=np.int64), 1, groups, lengths)
+    return {k: float(v[0]) for k, v in split.items() if np.isfinite(v[0])}
+
+
+def grouped_variance_split(
+    inv: np.ndarray,  # [N] batch (step) index of each completion, 0..k-1
+    k: int,
+    groups: np.ndarray,  # [N] prompt-group id of each completion (any integers)
+    lengths: np.ndarray,  # [N]
+) -> dict[str, np.ndarray]:
+    """Between-prompt vs within-group length variance of k batches at once ([k] each): one
+    step's batch in the loop, every step of a run in the report, by the same code.
+
+    With population variances (ddof=0) a batch's variance splits exactly (the law of total
+    variance): between = sum_g n_g (mean_g - mean)^2 / N, within = sum_g sum_i (len_i -
+    mean_g)^2 / N. ``length/between_prompt_frac`` = between / (between + within), an
+    intra-class correlation: near 1 the policy sets length by the problem; a falling share
+    means it stopped adapting length to the prompt (NaN when every length is equal).
+    ``length/within_group_std`` = sqrt(within): the spread inside prompt groups, which GRPO's
+    group-relative signal about length feeds on (0: within a group no completion is longer
+    than another, nothing to learn about length).
+    """
+    lengths = np.asarray(lengths, dtype=np.float64)
+    inv = np.asarray(inv, dtype=np.int64)
+    # one cell per (batch, prompt group), from one sort of a 1-D key; cell_of[i]: row i's cell
+    groups = np.asarray(groups, dtype=np.int64)
+    low = int(groups.min()) if groups.size else 0
+    span = int(groups.max()) - low + 1 if groups.size else 1
+    keys, cell_of = np.unique(inv * span + (groups - low), return_inverse=True)
+    cell_of = cell_of.reshape(-1)
+    cells = keys.shape[0]
+    cell_batch = keys // span  # [cells]
+    cell_n = np.bincount(cell_of, minlength=cells).astype(np.float64)  # [cells]
+    cell_mean = np.bincount(cell_of, lengths, minlength=cells) / np.maximum(cell_n, 1.0)
+    n = np.bincount(inv, minlength=k).astype(np.float64)  # [k]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(inv, lengths, minlength=k) / n  # [k]
+        within = np.bincount(inv, (lengths - cell_mean[cell_of]) ** 2, minlength=k) / n
+        between = np.bincount(cell_batch, cell_n * (cell_mean - mean[cell_batch]) ** 2,
+                              minlength=k) / n
+        total = between + within
+        frac = np.where(total > 0, between / total, np.nan)
+    return {"length/between_prompt_frac": frac, "length/within_group_std": np.sqrt(within)}
 
 
 def grouped_length_stats(

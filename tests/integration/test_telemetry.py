@@ -49,6 +49,13 @@ def expected_metrics(rows) -> dict[str, float]:
     if np.ptp(reward) > 0 and np.ptp(length) > 0:
         out["corr/reward_length_pearson"] = stats.pearsonr(reward, length).statistic
         out["corr/reward_length_spearman"] = stats.spearmanr(reward, length).statistic
+    # where length variance lives: each row carries its group's mean, so the variance of
+    # those is the between-prompt part (size-weighted), the rest lies within groups
+    group_mean = rows.groupby(rows.index // N)["response_length"].transform("mean")
+    group_mean = group_mean.to_numpy(float)
+    out["length/within_group_std"] = np.sqrt(np.mean((length - group_mean) ** 2))
+    if length.var() > 0:
+        out["length/between_prompt_frac"] = group_mean.var() / length.var()
     within = []
     for _, g in rows.groupby(rows.index // N):  # rows are stored group by group
         r, ln = g["reward"].to_numpy(float), g["response_length"].to_numpy(float)
@@ -78,7 +85,7 @@ def test_metrics_match_a_recomputation_from_parquet(run_dir: Path) -> None:
         assert corr_keys == {k for k in expected if k.startswith("corr/")}
         assert m["reward/format_mean"] == pytest.approx(rows["format"].mean())
         assert m["max_len"] == CAP
-    assert checked >= STEPS * 15
+    assert checked >= STEPS * 17
 
 
 def test_wandb_offline_run_has_histograms_and_scalars_at_every_step(run_dir: Path) -> None:

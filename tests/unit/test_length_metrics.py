@@ -8,6 +8,7 @@ from scipy import stats
 
 from grpo_cli.telemetry.length_metrics import (
     budget_metrics,
+    grouped_variance_split,
     length_control_metrics,
     length_histogram,
     step_length_metrics,
@@ -15,7 +16,7 @@ from grpo_cli.telemetry.length_metrics import (
 
 ALWAYS = {"max_len", "length/mean", "length/std", "length/min", "length/max", "length/p10",
           "length/p50", "length/p90", "length/p99", "length/clip_ratio", "reward/mean",
-          "reward/std"}
+          "reward/std", "length/within_group_std"}
 
 
 def metrics(lengths, truncated, rewards, groups, correct=None, max_len=10):
@@ -43,6 +44,9 @@ def test_hand_computed_batch() -> None:
     assert m["reward/truncated_mean"] == 0.0  # defined (one truncated sample), truly zero
     assert m["corr/within_group_spearman"] == pytest.approx(0.0)  # -1 and +1
     assert m["corr/within_group_count"] == 2
+    # group means 16/3 and 6 around 34/6: between = 1/9, total = 80/9 (population)
+    assert m["length/between_prompt_frac"] == pytest.approx(1 / 80)
+    assert m["length/within_group_std"] == pytest.approx(np.sqrt(79 / 9))
     assert m["max_len"] == 10
     assert all(np.isfinite(v) for v in m.values())
 
@@ -110,7 +114,7 @@ def test_degenerate_batches_omit_undefined_metrics() -> None:
     # Constant reward, nothing truncated, no correctness info.
     m = metrics(lengths=[3, 5, 7, 9], truncated=[0, 0, 0, 0], rewards=[1, 1, 1, 1],
                 groups=[0, 0, 1, 1])
-    assert ALWAYS | {"length/terminated_mean"} == set(m)
+    assert ALWAYS | {"length/terminated_mean", "length/between_prompt_frac"} == set(m)
     for key in ("reward/truncated_mean", "corr/reward_length_pearson",
                 "corr/reward_length_spearman", "corr/within_group_spearman",
                 "corr/within_group_count", "length/correct_mean", "length/incorrect_mean"):
@@ -123,6 +127,7 @@ def test_degenerate_batches_omit_undefined_metrics() -> None:
     assert "length/terminated_mean" not in m and "corr/reward_length_pearson" not in m
     assert "length/correct_mean" not in m and "length/incorrect_mean" not in m
     assert m["length/clip_ratio"] == 1.0
+    assert "length/between_prompt_frac" not in m and m["length/within_group_std"] == 0.0
 
     # Only wrong answers known: incorrect mean only.
     m = metrics(lengths=[2, 4], truncated=[0, 0], rewards=[0, 0], groups=[0, 0],
@@ -186,3 +191,36 @@ def test_length_control_metrics_only_for_present_columns() -> None:
             "gfpo_kept": np.array([True, False, True, False])}
     assert length_control_metrics(cols, 1, 1) == {"gfpo/kept_length_mean": 8.0}
     assert length_control_metrics({"response_length": np.array([1])}, 1, 1) == {}
+
+
+def test_variance_split_of_many_steps_matches_pandas() -> None:
+    """Per step: between-prompt share and within-group spread, against a groupby written
+    from the definitions; the split is exact (between + within = the step's variance)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"step": rng.integers(0, 5, 400), "prompt": rng.integers(0, 7, 400)})
+    rows["length"] = rng.integers(1, 60, 400) + 10 * rows["prompt"]  # prompts differ in length
+    rows.loc[rows["step"] == 4, "length"] = 17.0  # one step where every length is equal
+    steps = np.sort(rows["step"].unique())
+    inv = np.searchsorted(steps, rows["step"].to_numpy())
+    got = grouped_variance_split(inv, len(steps), rows["prompt"].to_numpy(),
+                                 rows["length"].to_numpy(float))
+    for i, step in enumerate(steps):
+        one = rows[rows["step"] == step]
+        group_mean = one.groupby("prompt")["length"].transform("mean")
+        within = ((one["length"] - group_mean) ** 2).mean()
+        between = ((group_mean - one["length"].mean()) ** 2).mean()
+        assert between + within == pytest.approx(one["length"].var(ddof=0))
+        assert got["length/within_group_std"][i] == pytest.approx(np.sqrt(within))
+        if step == 4:
+            assert np.isnan(got["length/between_prompt_frac"][i])
+        else:
+            assert got["length/between_prompt_frac"][i] == pytest.approx(
+                between / one["length"].var(ddof=0))
+            assert 0.2 < got["length/between_prompt_frac"][i] < 1
+    # a prompt id shared by two steps is two groups, one per step
+    same = grouped_variance_split(np.array([0, 0, 1, 1]), 2, np.array([3, 3, 3, 3]),
+                                  np.array([1.0, 3.0, 5.0, 9.0]))
+    assert same["length/within_group_std"].tolist() == [1.0, 2.0]
+    assert same["length/between_prompt_frac"].tolist() == [0.0, 0.0]

@@ -20,14 +20,16 @@ def _rollouts(seed: int = 0, steps: int = 7, per_step: int = 33) -> Rollouts:
     truncated = length == 40
     correct = rng.choice([0.0, 1.0, np.nan], n).astype(np.float32)
     reward = np.where(truncated, 0.0, rng.random(n)).astype(np.float32)
-    return Rollouts(step.astype(np.int64), length, truncated, reward, correct)
+    prompt = rng.integers(0, 5, n)
+    return Rollouts(step.astype(np.int64), length, truncated, reward, correct, prompt)
 
 
 def test_step_table_matches_pandas() -> None:
     r = _rollouts()
     got = rollout_step_table(r)
     df = pd.DataFrame({"step": r.step, "len": r.length.astype(float), "trunc": r.truncated,
-                       "reward": r.reward.astype(float), "correct": r.correct.astype(float)})
+                       "reward": r.reward.astype(float), "correct": r.correct.astype(float),
+                       "prompt": r.prompt_id})
     for step, rows in df.groupby("step"):
         row = got.loc[step]
         assert row["completions"] == len(rows)
@@ -46,6 +48,18 @@ def test_step_table_matches_pandas() -> None:
         assert row["reward/truncated_mean"] == pytest.approx(expected, nan_ok=True)
         for q in (10, 50, 90):
             assert row[f"length/p{q}"] == pytest.approx(np.percentile(rows["len"], q))
+        group_mean = rows.groupby("prompt")["len"].transform("mean")
+        assert row["length/between_prompt_frac"] == pytest.approx(
+            group_mean.var(ddof=0) / rows["len"].var(ddof=0))
+        assert row["length/within_group_std"] == pytest.approx(
+            np.sqrt(((rows["len"] - group_mean) ** 2).mean()))
+
+
+def test_step_table_without_prompt_ids_has_no_variance_split() -> None:
+    r = _rollouts()
+    r.prompt_id = None  # a hand-built store: the split needs the prompt groups
+    got = rollout_step_table(r)
+    assert "length/between_prompt_frac" not in got and "length/mean" in got
 
 
 def test_grouped_percentiles_single_row_groups() -> None:
