@@ -73,6 +73,8 @@ class RunData:
     notes: list[str] = field(default_factory=list)
     label: str = ""
     group: str = ""  # runs with equal group differ only in seed
+    # the `grpo sweep` overrides that made this arm (seed included), when it came from one
+    overrides: list[str] | None = None
 
     @property
     def seed(self) -> Any:
@@ -297,9 +299,12 @@ def load_sweep(root: Path, sweep_dir: Path) -> tuple[list[RunData], list[str]]:
                          f"(status {status.get('status', arm.get('status', 'unknown'))})")
             continue
         try:
-            runs.append(load_store_run(path))
+            run = load_store_run(path)
         except ConfigError as e:
             notes.append(f"arm {arm['index']} ({overrides}) skipped: {e}")
+            continue
+        run.overrides = [str(o) for o in arm.get("overrides") or []]
+        runs.append(run)
     if not runs:
         raise ConfigError(f"sweep {sweep_dir.name}: no arm has recorded steps yet")
     return runs, notes
@@ -473,11 +478,19 @@ def assign_labels(runs: list[RunData]) -> None:
     differing = [k for k in keys
                  if k not in _IDENTITY_KEYS and not k.startswith(_IDENTITY_PREFIXES)
                  and len({f.get(k) for f in flat}) > 1]
+    # The group is every differing value (runs differing only in seed share it); the label is
+    # shorter: the sweep's own overrides where the run came from one, else the first three
+    # differing keys, all of them where three do not tell two groups apart.
+    full = {run.run_id: [shown(f"{k}={f.get(k, '-')}") for k in differing]
+            for run, f in zip(runs, flat, strict=True)}
     for run, f in zip(runs, flat, strict=True):
-        parts = [shown(f"{k}={f.get(k, '-')}") for k in differing[:3]]
-        if len(differing) > 3:
-            parts.append("…")
-        run.group = (" ".join(parts) or SAME_CONFIG) if f else run.run_id
+        run.group = (" ".join(full[run.run_id]) or SAME_CONFIG) if f else run.run_id
+    short = {run.group: _short_label(run, full[run.run_id]) for run in runs}
+    taken = list(short.values())
+    short = {group: group if taken.count(label) > 1 else label  # ambiguous: spell it all
+             for group, label in short.items()}
+    for run in runs:
+        run.group = short[run.group]
     groups: dict[str, list[RunData]] = {}
     for run in runs:
         groups.setdefault(run.group, []).append(run)
@@ -498,6 +511,17 @@ def assign_labels(runs: list[RunData]) -> None:
         for run in runs:
             run.label = run.ident
             run.group = run.ident
+
+
+def _short_label(run: RunData, parts: list[str]) -> str:
+    """A run's group label: its sweep overrides without the seed, else <= 3 differing keys."""
+    if run.overrides is not None:
+        mine = [shown(o) for o in run.overrides if o.split("=", 1)[0].lstrip("+~") != "seed"]
+        if mine:
+            return " ".join(mine)
+    if not parts:
+        return SAME_CONFIG if run.config else run.run_id
+    return " ".join(parts[:3]) + (" …" if len(parts) > 3 else "")
 
 
 def display_name(run: RunData, sep: str = " ") -> str:

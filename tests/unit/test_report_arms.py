@@ -100,7 +100,8 @@ def _sweep(root: Path, steps: int = 20) -> str:
             rid = f"sweep-arms-{i:03d}"
             write_synthetic_run(root, rid, pattern, steps=steps, prompts=4, n=8, cap=cap,
                                 seed=seed, samples=EVIL_SAMPLES)
-            arms.append({"index": i, "overrides": [f"max_len={cap}", f"seed={seed}"],
+            arms.append({"index": i, "overrides": [f"max_len={cap}", f"synthetic={pattern}",
+                                                   f"seed={seed}"],
                          "run_id": rid, "status": "completed"})
             i += 1
     (sweep / "manifest.json").write_text(json.dumps({"sweep_id": "sweep-arms", "arms": arms}))

@@ -90,3 +90,32 @@ def test_the_report_shows_names_in_title_tables_and_headings(tmp_path: Path) -> 
     assert len(re.findall(r"<tr><td>max_len=48 \(run-b\)</td>", page)) == 3
     assert "<h3>baseline (run-a)</h3>" in page and "### baseline (run-a)" in md
     assert "| max_len=48 (run-b) |" in md
+
+
+def test_groups_differing_beyond_three_keys_keep_their_seeds_together() -> None:
+    """Arms that differ in more keys than a label shows (a length-methods sweep: one group
+    option sets several keys) still group by seed; the label spells what tells them apart."""
+    def method(run_id: str, seed: int, decay: float) -> RunData:  # 5 keys off the defaults
+        return _run(run_id, 32, seed, grad_clip=0.5, lr=1e-3, max_bad_steps=3,
+                    warmup_steps=1, weight_decay=decay)
+
+    runs = [method("a", 0, 0.1), method("b", 1, 0.1), method("c", 0, 0.2), method("d", 1, 0.2),
+            _run("e", 32, 0)]
+    assign_labels(runs)  # the first three differing keys are the same for a-d
+    assert runs[0].group == runs[1].group != runs[2].group == runs[3].group
+    assert len({r.group for r in runs}) == 3
+    assert runs[0].label.endswith("seed=0") and runs[1].label.endswith("seed=1")
+    assert "trainer.weight_decay=0.1" in runs[0].label
+    assert "trainer.weight_decay=0.2" in runs[2].label
+
+
+def test_sweep_arms_are_labelled_by_their_overrides() -> None:
+    runs = [_run("a", 32, 0, lr=1e-3, warmup_steps=2, weight_decay=0.1, grad_clip=0.5),
+            _run("b", 32, 1, lr=1e-3, warmup_steps=2, weight_decay=0.1, grad_clip=0.5),
+            _run("c", 64, 0)]
+    for run, overrides in zip(runs, (["seed=0", "length=fancy"], ["seed=1", "length=fancy"],
+                                     ["seed=0", "data.max_response_length=64"]), strict=True):
+        run.overrides = overrides
+    assign_labels(runs)
+    assert [r.label for r in runs] == ["length=fancy seed=0", "length=fancy seed=1",
+                                       "max_len=64"]
