@@ -204,8 +204,20 @@ def load_store_run(path: Path) -> RunData:
                 histograms = histograms_from_rows(_history_rows(wb))
             except ConfigError as e:  # the heat map is optional here
                 notes.append(f"W&B histograms unreadable: {e}")
+    elif rollouts.prompt_id is None:
+        notes.append("rollout rows without prompt ids (an older store): where length variance "
+                     "lives comes from metrics.jsonl where it was logged, else is left out")
     if metrics.empty and rollouts is None:
         raise ConfigError(f"run {run_id}: no steps recorded yet in {path}")
+    steps = len(metrics) if not metrics.empty else len(np.unique(rollouts.step))
+    status = meta.get("status")
+    if status == "failed":
+        why = f": {meta['error']}" if meta.get("error") else ""
+        notes.append(f"failed after {steps} recorded step(s){why}; its first/last windows "
+                     "cover those steps only")
+    elif status in ("running", "interrupted"):
+        notes.append(f"{status}: {steps} step(s) recorded so far; its first/last windows "
+                     "cover those steps only")
     return RunData(run_id, source, path, config, meta, metrics, rollouts, histograms,
                    read_samples(path / "samples.jsonl"), notes)
 
