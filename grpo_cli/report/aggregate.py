@@ -26,6 +26,8 @@ STEP_COLUMNS = (
     "corr/reward_length_spearman", "corr/within_group_spearman", "max_len", "perf/step_s",
     "completions", "val/length/mean",  # the natural-length probe (every trainer.val_every)
     "length/between_prompt_frac", "length/within_group_std",  # where length variance lives
+    "entropy/truncated_mean", "entropy/finished_mean", "entropy/correct_mean",
+    "entropy/incorrect_mean", "entropy/first_quarter_mean", "entropy/last_quarter_mean",
 )
 
 

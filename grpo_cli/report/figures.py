@@ -449,31 +449,78 @@ def km_figure(view: RunView) -> plt.Figure:
     return fig
 
 
-def correct_incorrect_figure(report: Report) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=ONE)
+@dataclass
+class Pair:
+    """Two per-step columns drawn against each other in one panel, per arm (solid vs
+    dashed; green vs red when there is one arm)."""
+
+    solid: str  # column, e.g. length/correct_mean
+    dashed: str
+    names: tuple[str, str]  # what each line is, e.g. ("correct", "incorrect")
+    title: str
+    ylabel: str  # with units
+    empty: str  # said in the panel when no run has either column
+
+
+def _pair_panel(ax: plt.Axes, report: Report, pair: Pair) -> list:
+    """Draw ``pair`` for every arm; returns the legend entries a several-arm panel needs
+    (which line style is which)."""
     w = report.smoothing
     single = len(report.groups) == 1
-    colors = _colors(len(report.groups))
     drawn = False
-    extra: list = []
-    for color, (group, views) in zip(colors, report.groups.items(), strict=True):
+    for color, (group, views) in zip(_colors(len(report.groups)), report.groups.items(),
+                                     strict=True):
         name = views[0].run.label if len(views) == 1 else group
-        c_ok, c_bad = ("tab:green", "tab:red") if single else (color, color)
-        drawn |= _draw_group(ax, views, "length/correct_mean", c_ok,
-                             "correct" if single else name, w)
-        drawn |= _draw_group(ax, views, "length/incorrect_mean", c_bad,
-                             "incorrect" if single else None, w, "--")
-    if not single:
-        extra = [Line2D([], [], color="0.3", lw=1.5, label="solid: correct"),
-                 Line2D([], [], color="0.3", lw=1.5, ls="--", label="dashed: incorrect")]
+        c_solid, c_dashed = ("tab:green", "tab:red") if single else (color, color)
+        drawn |= _draw_group(ax, views, pair.solid, c_solid,
+                             pair.names[0] if single else name, w)
+        drawn |= _draw_group(ax, views, pair.dashed, c_dashed,
+                             pair.names[1] if single else None, w, "--")
     if not drawn:
-        _no_data(ax, "no correctness recorded (the reward reports no `correct`/`accuracy`)")
-    _title(ax, "Mean length of correct vs incorrect completions")
+        _no_data(ax, pair.empty)
+    _title(ax, pair.title, chars=40)
     _step_axis(ax)
-    ax.set_ylabel("mean response length (tokens)")
+    ax.set_ylabel(pair.ylabel)
     ax.grid(alpha=0.3)
+    if single:
+        return []
+    return [Line2D([], [], color="0.3", lw=1.5, label=f"solid: {pair.names[0]}"),
+            Line2D([], [], color="0.3", lw=1.5, ls="--", label=f"dashed: {pair.names[1]}")]
+
+
+def correct_incorrect_figure(report: Report) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=ONE)
+    extra = _pair_panel(ax, report, Pair(
+        "length/correct_mean", "length/incorrect_mean", ("correct", "incorrect"),
+        "Mean length of correct vs incorrect completions", "mean response length (tokens)",
+        "no correctness recorded (the reward reports no `correct`/`accuracy`)"))
     fig.tight_layout()
     _legend(fig, [ax], report, extra)
+    return fig
+
+
+ENTROPY_PAIRS = (
+    Pair("entropy/finished_mean", "entropy/truncated_mean", ("finished", "truncated"),
+         "finished vs truncated", "mean token entropy (nats)", "no entropy columns recorded"),
+    Pair("entropy/correct_mean", "entropy/incorrect_mean", ("correct", "incorrect"),
+         "correct vs incorrect", "mean token entropy (nats)", "no correctness recorded"),
+    Pair("entropy/first_quarter_mean", "entropy/last_quarter_mean",
+         ("first quarter of tokens", "last quarter of tokens"), "along the response",
+         "mean token entropy (nats)", "no entropy columns recorded"),
+)
+
+
+def entropy_figure(report: Report) -> plt.Figure:
+    """Entropy by outcome and by position: where the policy stops exploring first."""
+    fig, axes = plt.subplots(1, 3, figsize=(PAGE, HEIGHT * 1.1))
+    extra: list = []
+    for ax, pair in zip(axes, ENTROPY_PAIRS, strict=True):
+        for handle in _pair_panel(ax, report, pair):
+            if handle.get_label() not in [h.get_label() for h in extra]:
+                extra.append(handle)
+    fig.suptitle("Policy entropy by outcome and position, per step")
+    fig.tight_layout()
+    _legend(fig, list(axes), report, extra)
     return fig
 
 
@@ -872,6 +919,14 @@ def _draw_all(report: Report, out: Path, formats: tuple[str, ...]) -> list[Figur
                       "between prompts", "not recorded", percent=True),
                 Panel("length/within_group_std", "within-group spread (tokens)",
                       "within prompt groups", "not recorded")]))
+    if any(v.table["entropy/first_quarter_mean"].notna().any() for v in report.views):
+        add("entropy", "Entropy by outcome and position",
+            "Each completion's mean token entropy (at the rollout temperature), averaged per "
+            "step over the update's completions: those that finished vs those the cap cut "
+            "(left), correct vs incorrect (middle), and over each completion's first vs last "
+            "quarter of tokens (right). A collapse shows as entropy falling at the end of "
+            "long answers first.",
+            lambda: entropy_figure(report))
     add("correct_incorrect", "Correct vs incorrect length",
         "Mean length of correct and incorrect completions per step.",
         lambda: correct_incorrect_figure(report))

@@ -195,6 +195,21 @@ METRICS: tuple[Metric, ...] = (
     Metric("dynamic/trained_clip_ratio", "Share of the trained completions that the cap "
            "stopped (finish reason), beside `length/clip_ratio` over everything sampled.",
            f"{DYNAMIC}, when some group was kept"),
+    # --- entropy/: by outcome and by position along the response
+    *(Metric(f"entropy/{name}_mean", f"Mean over the update batch's {what} of each one's "
+             "mean token entropy (at the rollout temperature).", when)
+      for name, what, when in (
+          ("truncated", "completions the cap cut", "every step; when some row was truncated"),
+          ("finished", "completions that ended on their own",
+           "every step; when some row ended on its own"),
+          ("correct", "correct completions", f"{CORRECTNESS}, and some are correct"),
+          ("incorrect", "graded, incorrect completions", f"{CORRECTNESS}, and some are "
+           "incorrect"))),
+    Metric("entropy/first_quarter_mean", "Mean over the update batch's completions of the mean "
+           "token entropy over each one's first quarter of tokens (ceil(L/4)).", EVERY),
+    Metric("entropy/last_quarter_mean", "Mean over the update batch's completions of the mean "
+           "token entropy over each one's last quarter of tokens (ceil(L/4)): a collapse shows "
+           "here first, at the end of long answers.", EVERY),
     # --- mismatch/: sampler vs trainer at the weights that sampled
     Metric("mismatch/logratio_length_spearman", "Spearman correlation, over the update "
            "batch's rows, of each row's summed log-ratio (trainer minus sampler log-probs at "
@@ -272,6 +287,9 @@ SECTIONS: dict[str, str] = {
     "mismatch/": "Sampler against trainer at the weights that sampled, over the rows of the "
                  "update batch (rollout columns `logratio_sum`, `is_weight_sum`, "
                  "`is_masked_tokens`).",
+    "entropy/": "Each completion counted once (its mean token entropy, rollout columns "
+                "`entropy`, `entropy_first_quarter`, `entropy_last_quarter`), over the rows "
+                "of the update batch, at the weights of the row's update.",
     "policy/": "Reduced over ranks: per token that carries loss, over every update of the step.",
     "perf/": "Wall-clock seconds of rank 0 (the ranks run in step).",
     "val/": "The natural-length probe: the same `val.num_prompts` held-out prompts, `val.n` "
@@ -282,7 +300,8 @@ SECTIONS: dict[str, str] = {
 
 # The order of the docs' sections; a prefix left out comes after these.
 PREFIX_ORDER: tuple[str, ...] = ("", "length/", "reward/", "corr/", "budget/", "gfpo/",
-                                 "dynamic/", "mismatch/", "rollout/", "loss/", "policy/",
+                                 "dynamic/", "mismatch/", "entropy/", "rollout/", "loss/",
+                                 "policy/",
                                  "train/", "perf/", "val/")
 
 

@@ -331,8 +331,9 @@ def length_control_metrics(cols: dict[str, np.ndarray], group_size: int,
     """Metrics of the controls that add rollout columns: L1's budget adherence (``budget``,
     :func:`budget_metrics`), GFPO's filter (``gfpo_kept``): ``gfpo/kept_length_mean``, the
     mean length of the completions the update trains on, beside ``length/mean`` over all G
-    sampled; dynamic sampling (:func:`dynamic_sampling_metrics`) and the sampler-trainer
-    mismatch (:func:`mismatch_metrics`)."""
+    sampled; dynamic sampling (:func:`dynamic_sampling_metrics`), the sampler-trainer
+    mismatch (:func:`mismatch_metrics`) and the entropy by outcome and position
+    (:func:`entropy_metrics`)."""
     out: dict[str, float] = {}
     if "budget" in cols:
         out.update(budget_metrics(cols["response_length"], cols["budget"]))
@@ -345,6 +346,35 @@ def length_control_metrics(cols: dict[str, np.ndarray], group_size: int,
         out.update(dynamic_sampling_metrics(cols, group_size, batch_groups))
     if "logratio_sum" in cols:
         out.update(mismatch_metrics(cols))
+    if "entropy" in cols:
+        out.update(entropy_metrics(cols))
+    return out
+
+
+def entropy_metrics(cols: dict[str, np.ndarray]) -> dict[str, float]:
+    """The policy's entropy by outcome and by position along the response, over the rows of
+    the update batch (``entropy`` finite), each completion counted once (the mean over
+    completions of each one's mean token entropy, from the columns the update writes).
+
+    ``entropy/truncated_mean`` / ``entropy/finished_mean``: completions the cap cut vs those
+    that ended; ``entropy/correct_mean`` / ``entropy/incorrect_mean`` (with a ``correct``
+    column); ``entropy/first_quarter_mean`` / ``entropy/last_quarter_mean``: over the first
+    and the last quarter of each completion's tokens. Each omitted without such rows."""
+    entropy = np.asarray(cols["entropy"], dtype=np.float64)
+    rows = np.isfinite(entropy)
+    if not rows.any():
+        return {}
+    truncated = np.asarray(cols["truncated"], dtype=bool)
+    parts = {"truncated": rows & truncated, "finished": rows & ~truncated}
+    if "correct" in cols:
+        correct = np.asarray(cols["correct"], dtype=np.float64)
+        parts["correct"] = rows & np.isfinite(correct) & (correct >= 0.5)
+        parts["incorrect"] = rows & np.isfinite(correct) & (correct < 0.5)
+    out = {f"entropy/{name}_mean": float(entropy[part].mean())
+           for name, part in parts.items() if part.any()}
+    for name in ("first_quarter", "last_quarter"):
+        values = np.asarray(cols[f"entropy_{name}"], dtype=np.float64)[rows]
+        out[f"entropy/{name}_mean"] = float(values.mean())
     return out
 
 

@@ -21,10 +21,13 @@ from grpo_cli.train.batch import Batch, forward_logprobs, logprobs_no_grad, micr
 
 # Per-rank sums reduced over ranks at the end of the update (see `summarise`).
 STAT_KEYS = ("loss", "entropy", "kl", "clipped", "tokens", "lp_diff", "lp_tokens")
-# Per-row numbers of the batch at the weights that sampled (rollout columns):
-# the summed trainer-minus-sampler log-ratio over the generated tokens, and with a
-# rollout correction the summed weight and the count of tokens it zeroed.
-ROW_KEYS = ("logratio_sum", "is_weight_sum", "is_masked_tokens")
+# Per-row numbers of the batch (rollout columns), every run: the summed trainer-minus-sampler
+# log-ratio over the generated tokens at the weights that sampled, and the policy's mean token
+# entropy over the whole completion and over its first and last quarter (at the weights of
+# the row's update: the sampling weights unless trainer.updates_per_batch > 1).
+ROW_KEYS = ("logratio_sum", "entropy", "entropy_first_quarter", "entropy_last_quarter")
+# ... and with a rollout correction the summed weight and the count of tokens it zeroed.
+CORRECTION_ROW_KEYS = ("is_weight_sum", "is_masked_tokens")
 
 
 def train_on_batch(
@@ -39,7 +42,7 @@ def train_on_batch(
                                     t.group_by_length, d.device)
     per_update = len(b.advantages) // t.updates_per_batch
     sums = dict.fromkeys(STAT_KEYS, 0.0)
-    keys = ROW_KEYS if cfg.algorithm.rollout_correction != "none" else ROW_KEYS[:1]
+    keys = ROW_KEYS + (CORRECTION_ROW_KEYS if cfg.algorithm.rollout_correction != "none" else ())
     rows_out = {k: torch.zeros(len(b.advantages), dtype=torch.float64) for k in keys}
     grad_norms: list[float] = []
     skipped = 0  # updates dropped for non-finite gradients
@@ -103,7 +106,7 @@ def micro_step(
                                     a.rollout_correction_high)  # [n, T']
     sums["lp_diff"] += float(((old - m.sampling_logprobs).abs() * generated).sum())
     sums["lp_tokens"] += float(generated.sum())
-    record_rows(rows_out, idx, log_ratio, is_weights, generated)
+    record_rows(rows_out, idx, log_ratio, is_weights, generated, entropy.detach())
     token_loss, clipped = policy_gradient_loss(
         logp, old, m.advantages, a.clip_ratio_low, a.clip_ratio_high
     )  # [n, T] each
@@ -128,13 +131,36 @@ def micro_step(
 
 
 def record_rows(rows_out: dict[str, torch.Tensor], idx: torch.Tensor, log_ratio: torch.Tensor,
-                weights: torch.Tensor, generated: torch.Tensor) -> None:
-    """Per-row sums over the generated tokens of rows ``idx`` into ``rows_out`` (host)."""
+                weights: torch.Tensor, generated: torch.Tensor, entropy: torch.Tensor) -> None:
+    """Per-row numbers over the generated tokens of rows ``idx`` into ``rows_out`` (host);
+    every tensor is [n, T'] over the rows' completion positions."""
     rows_out["logratio_sum"][idx] = log_ratio.sum(dim=1).double().cpu()
+    whole, first, last = position_means(entropy, generated)
+    rows_out["entropy"][idx] = whole.double().cpu()
+    rows_out["entropy_first_quarter"][idx] = first.double().cpu()
+    rows_out["entropy_last_quarter"][idx] = last.double().cpu()
     if "is_weight_sum" in rows_out:
         rows_out["is_weight_sum"][idx] = weights.sum(dim=1).double().cpu()
         zeroed = ((weights == 0) & (generated > 0)).sum(dim=1)  # [n]
         rows_out["is_masked_tokens"][idx] = zeroed.double().cpu()
+
+
+def position_means(values: torch.Tensor, generated: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row means of ``values`` [n, T'] over the generated tokens (``generated`` [n, T']:
+    1 on a row's first L positions), over its first ceil(L/4) and over its last ceil(L/4):
+    where along a response a quantity moves (a collapse shows at the end of long answers
+    first). Each [n]; NaN for a row with no generated token."""
+    length = generated.sum(dim=1, keepdim=True)  # [n, 1]
+    quarter = torch.ceil(length / 4)
+    pos = torch.arange(generated.shape[1], device=generated.device).unsqueeze(0)  # [1, T']
+    first = generated * (pos < quarter)
+    last = generated * (pos >= length - quarter)
+
+    def mean(mask: torch.Tensor) -> torch.Tensor:
+        return (values * mask).sum(dim=1) / mask.sum(dim=1)
+
+    return mean(generated), mean(first), mean(last)
 
 
 def summarise(sums: dict[str, float], grad_norms: list[float], skipped: int, updates: int,

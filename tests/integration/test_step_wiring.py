@@ -209,8 +209,12 @@ def reference_update(model: Any, rows: pd.DataFrame, k: dict[str, Any], world: i
         old = {i: row_logprobs(model, prompts[i], comps[i], temp) for i in batch}
         is_w = {i: ref_is_weights(old[i], sampler[i], a) for i in batch}
         # mean entropy of softmax(logits / T) over the tokens that carry loss, before any update
-        ent = {i: row_entropy(model, prompts[i], comps[i], temp) for i in batch if carries[i]}
+        every = {i: row_entropy(model, prompts[i], comps[i], temp) for i in batch}
+        ent = {i: e for i, e in every.items() if carries[i]}
         entropy = float(sum(e.sum() for e in ent.values()) / sum(len(e) for e in ent.values()))
+        # each row's mean entropy, over its first and its last ceil(L/4) tokens
+        quarters = {i: (float(e.mean()), float(e[:math.ceil(len(e) / 4)].mean()),
+                        float(e[-math.ceil(len(e) / 4):].mean())) for i, e in every.items()}
         ref_lp = None if ref is None else {i: row_logprobs(ref, prompts[i], comps[i], temp)
                                            for i in batch}
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]),
@@ -243,6 +247,7 @@ def reference_update(model: Any, rows: pd.DataFrame, k: dict[str, Any], world: i
     logratio = {i: float((old[i] - sampler[i]).clamp(-20, 20).sum()) for i in batch}
     derived = {"truncated": truncated, "advantage": adv, "loss": float(np.mean(losses)),
                "entropy": entropy if updates == 1 else None, "batch": batch,
+               "row_entropy": quarters if updates == 1 else None,
                "carries_ds": carries_ds, "informative": informative, "logratio": logratio,
                "lp_diff": sum(float((old[i] - sampler[i]).abs().sum()) for i in batch) / tokens,
                "weight_mean": sum(float(is_w[i].sum()) for i in batch) / tokens,
@@ -287,6 +292,34 @@ def check_update(run_dir: Path, perturbed: bool = False) -> dict[str, Any]:
     return derived
 
 
+def check_entropy_columns(rows: pd.DataFrame, m: dict[str, Any], derived: dict[str, Any]
+                          ) -> None:
+    """Each batch row's mean entropy and its first/last-quarter means (rollout columns), and
+    the step's entropy by outcome and position, against per-row autograd-free passes at the
+    weights that sampled (one update per batch; later updates see moved weights)."""
+    if derived["row_entropy"] is None:
+        return
+    batch = derived["batch"]
+    want = np.array([derived["row_entropy"][i] for i in batch])  # [B, 3]
+    cols = ("entropy", "entropy_first_quarter", "entropy_last_quarter")
+    got = rows[list(cols)].to_numpy()
+    # fp32 entropies of near-certain tokens (~1e-4 nats) differ by ~1e-5 between the
+    # chunked forward and one log_softmax
+    np.testing.assert_allclose(got[batch], want, rtol=1e-4, atol=2e-5)
+    assert np.isnan(np.delete(got, batch, axis=0)).all()
+    truncated = derived["truncated"][batch]
+    correct = rows["correct"].to_numpy()[batch]
+    for key, part in (("truncated", truncated), ("finished", ~truncated),
+                      ("correct", correct >= 0.5), ("incorrect", correct < 0.5)):
+        if part.any():
+            assert m[f"entropy/{key}_mean"] == pytest.approx(want[part, 0].mean(), rel=1e-4,
+                                                             abs=2e-5)
+        else:
+            assert f"entropy/{key}_mean" not in m
+    assert m["entropy/first_quarter_mean"] == pytest.approx(want[:, 1].mean(), abs=2e-5)
+    assert m["entropy/last_quarter_mean"] == pytest.approx(want[:, 2].mean(), abs=2e-5)
+
+
 def check_batch_columns(rows: pd.DataFrame, m: dict[str, Any], derived: dict[str, Any],
                         k: dict[str, Any]) -> None:
     """What dynamic sampling kept and the correction's numbers, as stored and logged,
@@ -296,6 +329,7 @@ def check_batch_columns(rows: pd.DataFrame, m: dict[str, Any], derived: dict[str
     assert np.isnan(np.delete(logratio, batch)).all()  # only the batch went through the update
     np.testing.assert_allclose(logratio[batch], [derived["logratio"][i] for i in batch],
                                atol=2e-4)
+    check_entropy_columns(rows, m, derived)
     if k["algorithm"]["rollout_correction"] != "none":
         assert m["mismatch/weight_mean"] == pytest.approx(derived["weight_mean"], rel=1e-4)
         for key in ("token_masked_frac", "seq_masked_frac"):

@@ -8,6 +8,7 @@ from scipy import stats
 
 from grpo_cli.telemetry.length_metrics import (
     budget_metrics,
+    entropy_metrics,
     grouped_variance_split,
     length_control_metrics,
     length_histogram,
@@ -224,3 +225,21 @@ def test_variance_split_of_many_steps_matches_pandas() -> None:
                                   np.array([1.0, 3.0, 5.0, 9.0]))
     assert same["length/within_group_std"].tolist() == [1.0, 2.0]
     assert same["length/between_prompt_frac"].tolist() == [0.0, 0.0]
+
+
+def test_entropy_by_outcome_and_position_over_the_update_rows() -> None:
+    """Rows outside the update (NaN entropy) are left out; each completion counts once."""
+    nan = np.nan
+    cols = {"entropy": np.array([0.1, 0.3, 0.5, nan]),
+            "entropy_first_quarter": np.array([0.2, 0.4, 0.6, nan]),
+            "entropy_last_quarter": np.array([0.0, 0.1, 0.2, nan]),
+            "truncated": np.array([True, False, False, True]),
+            "correct": np.array([0.0, 1.0, nan, 1.0])}
+    m = entropy_metrics(cols)
+    assert m == pytest.approx({"entropy/truncated_mean": 0.1, "entropy/finished_mean": 0.4,
+                               "entropy/correct_mean": 0.3, "entropy/incorrect_mean": 0.1,
+                               "entropy/first_quarter_mean": 0.4,
+                               "entropy/last_quarter_mean": 0.1})
+    none_truncated = {**cols, "truncated": np.zeros(4, bool)}
+    assert "entropy/truncated_mean" not in entropy_metrics(none_truncated)
+    assert entropy_metrics({**cols, "entropy": np.full(4, nan)}) == {}
