@@ -13,6 +13,7 @@ recorded log-probs are those of the distribution each token was drawn from.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Sequence
 
 import torch
@@ -27,9 +28,12 @@ def sample_dropping_finished(
     max_new_tokens: int,
     eos_token_ids: Sequence[int],
     pad_token_id: int,
+    progress: list[tuple[float, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sampled tokens [B, T] (pad after a row's EOS) and their log-probs [B, T] (0 there),
-    T <= max_new_tokens; a row without EOS ran to the cap."""
+    T <= max_new_tokens; a row without EOS ran to the cap. ``progress``, when given, gets
+    (time.perf_counter(), rows ended so far) after every decode step: how long the call ran
+    for its last rows (see :func:`tail_seconds`)."""
     batch, device = input_ids.shape[0], input_ids.device
     tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long)
     logprobs = torch.zeros((batch, max_new_tokens), dtype=torch.float32)
@@ -53,6 +57,8 @@ def sample_dropping_finished(
         logprobs[rows, t] = logp.gather(1, nxt[:, None]).squeeze(1).cpu()
         used = t + 1
         going = ~torch.isin(nxt, eos)  # [b]
+        if progress is not None:
+            progress.append((time.perf_counter(), batch - int(going.sum())))
         if not bool(going.any()):
             break
         if not bool(going.all()):  # drop the rows that ended, and their cache
@@ -64,6 +70,19 @@ def sample_dropping_finished(
         attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
         step_pos = step_pos[:, -1:] + 1
     return tokens[:, :used], logprobs[:, :used]
+
+
+def tail_seconds(start: float, progress: list[tuple[float, int]], rows: int,
+                 share: float = 0.9) -> float:
+    """Seconds a sampling call ran after ``share`` of its ``rows`` had ended: the decode
+    steps spent on the long tail (the cost of a generous cap). ``progress`` is the decode
+    loop's (time, rows ended) record; a call that never got there (the cap cut the rest)
+    counts from its last step, i.e. 0."""
+    if not progress:
+        return 0.0
+    end = progress[-1][0]
+    reached = next((t for t, done in progress if done >= share * rows), end)
+    return max(end - max(reached, start), 0.0)
 
 
 def draw(probs: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from grpo_cli.data.vision import concat_vision
 from grpo_cli.errors import RolloutOutOfMemory
 from grpo_cli.rollout.base import Completion, RolloutRequest, RolloutResult
-from grpo_cli.rollout.decode import sample_dropping_finished
+from grpo_cli.rollout.decode import sample_dropping_finished, tail_seconds
 
 # Yields the module to sample from (under ZeRO-3: inside GatheredParameters).
 ModelContext = Callable[[], AbstractContextManager[torch.nn.Module]]
@@ -84,6 +84,8 @@ class HFRollout:
         # Row r is sample r % n of prompt r // n, so groups are contiguous.
         rows = [p for p in range(len(request.prompt_ids)) for _ in range(request.n)]
         completions: list[Completion] = []
+        tail = 0.0  # seconds each call ran after 90% of its rows had ended (decode loop only)
+        timed = False
         with self.model_context() as model, torch.no_grad():
             device = next(model.parameters()).device
             for chunk_start, chunk in zip(
@@ -94,17 +96,26 @@ class HFRollout:
                 seqs = [request.prompt_ids[p] for p in chunk]
                 vision = None if request.multi_modal is None else \
                     concat_vision([request.multi_modal[p] for p in chunk])
+                progress: list[tuple[float, int]] = []
+                call_start = time.perf_counter()
                 try:
-                    tokens, logprobs = self._sample(model, seqs, request, device, vision)
+                    tokens, logprobs = self._sample(model, seqs, request, device, vision,
+                                                    progress)
                 except torch.OutOfMemoryError as e:
                     raise RolloutOutOfMemory.advise(len(seqs), request.max_new_tokens,
                                                     request.n, self.micro_batch_size) from e
+                if progress:
+                    timed = True
+                    tail += tail_seconds(call_start, progress, len(seqs))
                 for i, prompt_index in enumerate(chunk):
                     completions.append(
                         self._completion(prompt_index, (chunk_start + i) % request.n,
                                          tokens[i], logprobs[i], request.max_new_tokens)
                     )
-        return RolloutResult(completions, {"rollout_s": time.perf_counter() - start})
+        timings = {"rollout_s": time.perf_counter() - start}
+        if timed:
+            timings["tail_s"] = tail
+        return RolloutResult(completions, timings)
 
     def _sample(
         self,
@@ -113,6 +124,7 @@ class HFRollout:
         request: RolloutRequest,
         device: torch.device,
         vision: dict[str, torch.Tensor] | None = None,
+        progress: list[tuple[float, int]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
@@ -128,7 +140,7 @@ class HFRollout:
         if self.drop_finished and vision is None:
             return sample_dropping_finished(
                 model, input_ids.to(device), attention.to(device), warpers,
-                request.max_new_tokens, self.eos_token_ids, self.pad_token_id)
+                request.max_new_tokens, self.eos_token_ids, self.pad_token_id, progress)
         recorder = _SampledLogprobRecorder()
         processors = LogitsProcessorList([*warpers, recorder])
         gen_config = GenerationConfig(

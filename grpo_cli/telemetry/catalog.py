@@ -256,6 +256,10 @@ METRICS: tuple[Metric, ...] = (
            EVERY),
     Metric("perf/train_s", "Seconds of the update: reference log-probs (KL) and the "
            "optimiser steps.", EVERY),
+    Metric("perf/rollout_tail_frac", "Share of rank 0's sampling time spent after 90% of each "
+           "sampling call's completions had ended: the decode steps a generous cap spends on "
+           "its longest answers.", "every step with the hf backend's decode loop (text, "
+           "`rollout.drop_finished=true`, the default); not with vLLM or vision batches"),
     Metric("perf/step_s", "Seconds from the step's start (after the probe) to its metrics: "
            "rollout, update, gathering the global batch and computing the telemetry.", EVERY),
     Metric("perf/tokens_per_s", "Generated tokens of the step's global batch (every "

@@ -85,11 +85,13 @@ def draw_informative(draw: Callable[[int], tuple[Rollouts, Scored]], groups: int
 def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
     """The rounds' rollouts one after the other (groups stay whole)."""
     vision = None if parts[0].vision is None else [v for p in parts for v in p.vision or []]
+    timings = {k: sum(p.timings[k] for p in parts) for k in parts[0].timings
+               if all(k in p.timings for p in parts)}  # seconds add up over the rounds
     return Rollouts([i for p in parts for i in p.prompt_ids],
                     [c for p in parts for c in p.completions],
                     [t for p in parts for t in p.texts],
                     np.concatenate([p.lengths for p in parts]),
-                    np.concatenate([p.truncated for p in parts]), vision)
+                    np.concatenate([p.truncated for p in parts]), vision, timings)
 
 
 def concat_scored(parts: list[Scored]) -> Scored:

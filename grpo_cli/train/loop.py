@@ -41,6 +41,7 @@ from grpo_cli.train.sample import (
     gather_columns,
     sample,
     score,
+    tail_share,
     validation_metrics,
 )
 from grpo_cli.train.stop import StopRequest, stop_notice, stop_on_signals, stopped_message
@@ -125,7 +126,8 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
         train_stats, row_stats = update(x, batch, cap, tally)
         scored.columns.update(scatter_rows(row_stats, rows, len(rollouts.lengths)))
         timings = {"perf/rollout_s": train_start - step_start,
-                   "perf/train_s": time.perf_counter() - train_start, **eng.peak_memory(d)}
+                   "perf/train_s": time.perf_counter() - train_start, **eng.peak_memory(d),
+                   **tail_share(rollouts)}
         log_step(x, step, cap, rollouts, scored, adv, train_stats, val_metrics, timings,
                  step_start, tally)
         checkpoint(x, step, sampler, stop)

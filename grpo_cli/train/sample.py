@@ -33,6 +33,8 @@ class Rollouts:
     lengths: np.ndarray  # [N] int, generated tokens incl. EOS, no padding
     truncated: np.ndarray  # [N] bool, from the engine's finish reason
     vision: list[dict[str, torch.Tensor]] | None = None  # per completion (VL models)
+    # the sampler's own seconds: rollout_s, and tail_s where it can tell (hf decode loop)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,7 +72,18 @@ def sample(rollout: RolloutBackend, prompts: PromptSet, ids: list[int], cap: int
     return Rollouts(
         [ids[c.prompt_index] for c in comps], comps, texts,
         np.array([len(c.token_ids) for c in comps]), np.array([c.truncated for c in comps]),
-        [vision[c.prompt_index] for c in comps] if vision is not None else None)
+        [vision[c.prompt_index] for c in comps] if vision is not None else None,
+        dict(result.timings))
+
+
+def tail_share(r: Rollouts) -> dict[str, float]:
+    """``perf/rollout_tail_frac``: the share of this rank's sampling time spent after 90% of
+    each sampling call's completions had ended (the long tail a generous cap pays for);
+    only where the sampler can tell (the hf backend's decode loop: text, drop_finished)."""
+    total, tail = r.timings.get("rollout_s"), r.timings.get("tail_s")
+    if total is None or tail is None or total <= 0:
+        return {}
+    return {"perf/rollout_tail_frac": tail / total}
 
 
 def score(r: Rollouts, prompts: PromptSet, cap: int, n: int, step: int, cfg: RunConfig,

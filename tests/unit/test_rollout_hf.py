@@ -159,3 +159,27 @@ def test_cli_reports_out_of_memory_in_one_line(capsys: pytest.CaptureFixture[str
     assert ex.value.exit_code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: out of memory while sampling 64")
+
+
+def test_tail_seconds_count_from_the_step_90_percent_had_ended() -> None:
+    from grpo_cli.rollout.decode import tail_seconds
+
+    # 10 rows: 5 end at t=1, 9 by t=2, the last at t=5: 3 s of the 5 were the tail
+    progress = [(1.0, 5), (2.0, 9), (3.0, 9), (5.0, 10)]
+    assert tail_seconds(0.0, progress, 10) == 3.0
+    assert tail_seconds(0.0, [(1.0, 10)], 10) == 0.0  # all ended together: no tail
+    assert tail_seconds(0.0, [(1.0, 2), (4.0, 2)], 10) == 0.0  # the cap cut the rest
+    assert tail_seconds(0.0, [], 10) == 0.0
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_the_decode_loop_times_its_tail_and_generate_does_not(model: Qwen2ForCausalLM,
+                                                              drop: bool) -> None:
+    torch.manual_seed(1)
+    res = backend(model, micro=5, drop=drop).generate(
+        RolloutRequest(PROMPTS, n=3, max_new_tokens=16))
+    assert res.timings["rollout_s"] > 0
+    if not drop:  # generate gives no per-step progress
+        assert "tail_s" not in res.timings
+        return
+    assert 0 <= res.timings["tail_s"] < res.timings["rollout_s"]
