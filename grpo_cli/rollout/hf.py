@@ -84,8 +84,7 @@ class HFRollout:
         # Row r is sample r % n of prompt r // n, so groups are contiguous.
         rows = [p for p in range(len(request.prompt_ids)) for _ in range(request.n)]
         completions: list[Completion] = []
-        tail = 0.0  # seconds each call ran after 90% of its rows had ended (decode loop only)
-        timed = False
+        tails: list[float] = []  # per call: seconds after 90% of its rows had ended
         with self.model_context() as model, torch.no_grad():
             device = next(model.parameters()).device
             for chunk_start, chunk in zip(
@@ -104,17 +103,16 @@ class HFRollout:
                 except torch.OutOfMemoryError as e:
                     raise RolloutOutOfMemory.advise(len(seqs), request.max_new_tokens,
                                                     request.n, self.micro_batch_size) from e
-                if progress:
-                    timed = True
-                    tail += tail_seconds(call_start, progress, len(seqs))
+                if progress:  # only the decode loop reports per-step progress
+                    tails.append(tail_seconds(call_start, progress, len(seqs)))
                 for i, prompt_index in enumerate(chunk):
                     completions.append(
                         self._completion(prompt_index, (chunk_start + i) % request.n,
                                          tokens[i], logprobs[i], request.max_new_tokens)
                     )
         timings = {"rollout_s": time.perf_counter() - start}
-        if timed:
-            timings["tail_s"] = tail
+        if tails:
+            timings["tail_s"] = sum(tails)
         return RolloutResult(completions, timings)
 
     def _sample(
