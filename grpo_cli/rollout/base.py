@@ -57,3 +57,17 @@ class RolloutBackend(Protocol):
     """Anything that samples completions. Implemented by `hf.HFRollout` and `vllm.VLLMRollout`."""
 
     def generate(self, request: RolloutRequest) -> RolloutResult: ...
+
+
+def tail_seconds(start: float, progress: list[tuple[float, int]], rows: int,
+                 share: float = 0.9) -> float:
+    """Seconds a sampling call ran after ``share`` of its ``rows`` had ended: the time spent
+    on the long tail (the cost of a generous cap). ``progress`` is the backend's record of
+    (time, rows ended so far): the hf decode loop's after every step, vLLM's as requests
+    finish; a call that never got there (the cap cut the rest) counts from its last entry,
+    i.e. 0."""
+    if not progress:
+        return 0.0
+    end = progress[-1][0]
+    reached = next((t for t, done in progress if done >= share * rows), end)
+    return max(end - max(reached, start), 0.0)

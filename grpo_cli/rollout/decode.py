@@ -33,7 +33,7 @@ def sample_dropping_finished(
     """Sampled tokens [B, T] (pad after a row's EOS) and their log-probs [B, T] (0 there),
     T <= max_new_tokens; a row without EOS ran to the cap. ``progress``, when given, gets
     (time.perf_counter(), rows ended so far) after every decode step: how long the call ran
-    for its last rows (see :func:`tail_seconds`)."""
+    for its last rows (see :func:`grpo_cli.rollout.base.tail_seconds`)."""
     batch, device = input_ids.shape[0], input_ids.device
     tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long)
     logprobs = torch.zeros((batch, max_new_tokens), dtype=torch.float32)
@@ -70,19 +70,6 @@ def sample_dropping_finished(
         attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
         step_pos = step_pos[:, -1:] + 1
     return tokens[:, :used], logprobs[:, :used]
-
-
-def tail_seconds(start: float, progress: list[tuple[float, int]], rows: int,
-                 share: float = 0.9) -> float:
-    """Seconds a sampling call ran after ``share`` of its ``rows`` had ended: the decode
-    steps spent on the long tail (the cost of a generous cap). ``progress`` is the decode
-    loop's (time, rows ended) record; a call that never got there (the cap cut the rest)
-    counts from its last step, i.e. 0."""
-    if not progress:
-        return 0.0
-    end = progress[-1][0]
-    reached = next((t for t, done in progress if done >= share * rows), end)
-    return max(end - max(reached, start), 0.0)
 
 
 def draw(probs: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:

@@ -21,8 +21,8 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 
 from grpo_cli.data.vision import concat_vision
 from grpo_cli.errors import RolloutOutOfMemory
-from grpo_cli.rollout.base import Completion, RolloutRequest, RolloutResult
-from grpo_cli.rollout.decode import sample_dropping_finished, tail_seconds
+from grpo_cli.rollout.base import Completion, RolloutRequest, RolloutResult, tail_seconds
+from grpo_cli.rollout.decode import sample_dropping_finished
 
 # Yields the module to sample from (under ZeRO-3: inside GatheredParameters).
 ModelContext = Callable[[], AbstractContextManager[torch.nn.Module]]

@@ -17,6 +17,9 @@ With ``rollout.tensor_parallel_size > 1`` the engine is sharded over that many c
 ranks (vLLM's ``external_launcher`` executor, on GPUs and CPU alike); those ranks pool their
 prompts, sample them together and each keeps its own.
 
+Each sample is its own request (n=1, seeded as vLLM's own fan-out of n seeds it), so that
+the engine says when each completion ends: the rollout's tail (``tail_s``) is timed from that.
+
 The returned completions follow :mod:`grpo_cli.rollout.base`: vLLM's token ids (EOS kept),
 the log-prob of each sampled token under the processed distribution (temperature and top-p
 applied: ``logprobs_mode="processed_logprobs"``), and ``finish_reason == "length"`` as the
@@ -25,6 +28,7 @@ truncation flag. Nothing here imports vLLM at module level.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -39,7 +43,7 @@ import numpy as np
 import torch
 
 from grpo_cli.errors import ConfigError, RolloutOutOfMemory
-from grpo_cli.rollout.base import Completion, RolloutRequest, RolloutResult
+from grpo_cli.rollout.base import Completion, RolloutRequest, RolloutResult, tail_seconds
 
 Weights = Callable[[], Iterable[tuple[str, torch.Tensor]]]
 
@@ -95,27 +99,58 @@ def vllm_prompts(request: RolloutRequest, image_token_id: int | None,
     return prompts
 
 
+def per_sample(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`sampling_kwargs` of one prompt as ``n`` requests of one sample each, sample j
+    seeded ``seed + j``: the draws vLLM's own fan-out of ``n`` makes (V1's ``ParentRequest``
+    seeds child j with seed + j), as separate requests so that the engine reports when each
+    completion ends (the rollout's tail, :func:`finish_recorder`)."""
+    seed = kwargs["seed"]
+    return [kwargs | {"n": 1, "seed": None if seed is None else seed + j}
+            for j in range(kwargs["n"])]
+
+
 def completions_from_outputs(outputs: Sequence[Any], n: int) -> list[Completion]:
-    """vLLM ``RequestOutput`` list (one per prompt, in prompt order) -> completions grouped by
-    prompt. Sample order follows ``CompletionOutput.index``."""
+    """vLLM ``RequestOutput`` list, one per sample request in submission order (request i is
+    sample i % n of prompt i // n, as :func:`per_sample` submits them) -> completions grouped
+    by prompt."""
+    if len(outputs) % n:
+        raise RuntimeError(f"vLLM returned {len(outputs)} requests, not a multiple of "
+                           f"rollout.n={n}")
     completions: list[Completion] = []
-    for prompt_index, out in enumerate(outputs):
-        if len(out.outputs) != n:
-            raise RuntimeError(f"vLLM returned {len(out.outputs)} completions for prompt "
-                               f"{prompt_index}, expected rollout.n={n}")
-        for c in sorted(out.outputs, key=lambda c: c.index):
-            if c.finish_reason not in ("stop", "length"):  # abort, error, repetition
-                raise RuntimeError(f"vLLM finished a completion with reason "
-                                   f"{c.finish_reason!r}; only 'stop' and 'length' are expected")
-            token_ids = list(c.token_ids)
-            if c.logprobs is None or len(c.logprobs) != len(token_ids):
-                raise RuntimeError("vLLM returned no log-prob for some sampled tokens "
-                                   "(SamplingParams.logprobs must be 0)")
-            logprobs = [float(position[token].logprob)
-                        for position, token in zip(c.logprobs, token_ids, strict=True)]
-            completions.append(Completion(prompt_index, c.index, token_ids, logprobs,
-                                          c.finish_reason))
+    for i, out in enumerate(outputs):
+        if len(out.outputs) != 1:
+            raise RuntimeError(f"vLLM returned {len(out.outputs)} completions for request "
+                               f"{i}, which asked for one")
+        (c,) = out.outputs
+        if c.finish_reason not in ("stop", "length"):  # abort, error, repetition
+            raise RuntimeError(f"vLLM finished a completion with reason "
+                               f"{c.finish_reason!r}; only 'stop' and 'length' are expected")
+        token_ids = list(c.token_ids)
+        if c.logprobs is None or len(c.logprobs) != len(token_ids):
+            raise RuntimeError("vLLM returned no log-prob for some sampled tokens "
+                               "(SamplingParams.logprobs must be 0)")
+        logprobs = [float(position[token].logprob)
+                    for position, token in zip(c.logprobs, token_ids, strict=True)]
+        completions.append(Completion(i // n, i % n, token_ids, logprobs, c.finish_reason))
     return completions
+
+
+def finish_recorder(progress: list[tuple[float, int]]) -> Callable[..., Any]:
+    """A ``use_tqdm`` for ``LLM.generate``: vLLM's progress bar, printed nowhere, that appends
+    (time, requests finished so far) to ``progress`` each time requests finish (vLLM updates
+    it as the engine step that ends them returns)."""
+    from tqdm import tqdm
+
+    class FinishTimes(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **(kwargs | {"file": io.StringIO()}))
+
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            progress.append((time.perf_counter(), int(self.n)))
+            return shown
+
+    return FinishTimes
 
 
 def prompt_seed(seed: int | None, prompt_index: int) -> int | None:
@@ -362,20 +397,23 @@ class VLLMRollout:
         # One SamplingParams per prompt, seeded from (request seed, prompt): reproducible, and
         # unrelated across prompts and ranks (vLLM gives sample j of a prompt seed + j).
         prompts = vllm_prompts(request, self.image_token_id, self.mm_processor_kwargs)
-        local = [(p, sampling_kwargs(request, self.eos_token_ids, prompt_seed(request.seed, i)))
-                 for i, p in enumerate(prompts)]
+        local = [(p, kwargs) for i, p in enumerate(prompts) for kwargs in per_sample(
+            sampling_kwargs(request, self.eos_token_ids, prompt_seed(request.seed, i)))]
         pooled, mine = self._pool(local)
         prompts = [prompt for prompt, _ in pooled]
         params = [SamplingParams(**kwargs) for _, kwargs in pooled]
+        progress: list[tuple[float, int]] = []  # (time, completions ended so far)
+        engine_start = time.perf_counter()
         try:
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            outputs = self.llm.generate(prompts, params, use_tqdm=finish_recorder(progress))
         except torch.OutOfMemoryError as e:
-            raise RolloutOutOfMemory.advise_vllm(len(prompts) * request.n,
-                                                 request.max_new_tokens, request.n,
-                                                 self.gpu_memory_utilization) from e
+            raise RolloutOutOfMemory.advise_vllm(len(prompts), request.max_new_tokens,
+                                                 request.n, self.gpu_memory_utilization) from e
         completions = completions_from_outputs(outputs[mine], request.n)
+        tail = tail_seconds(engine_start, progress, len(prompts))
         self._sleep()
-        return RolloutResult(completions, {"rollout_s": time.perf_counter() - start})
+        return RolloutResult(completions, {"rollout_s": time.perf_counter() - start,
+                                           "tail_s": tail})
 
     # --- sleep mode (CUDA) ----------------------------------------------------------------
     def _sleep(self) -> None:

@@ -259,7 +259,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("perf/rollout_tail_frac", "Share of rank 0's sampling time spent after 90% of each "
            "sampling call's completions had ended: the decode steps a generous cap spends on "
            "its longest answers.", "every step with the hf backend's decode loop (text, "
-           "`rollout.drop_finished=true`, the default); not with vLLM or vision batches"),
+           "`rollout.drop_finished=true`, the default) or vLLM (each completion's end as its "
+           "request finishes); not with transformers `generate` (vision batches, "
+           "`rollout.drop_finished=false`)"),
     Metric("perf/step_s", "Seconds from the step's start (after the probe) to its metrics: "
            "rollout, update, gathering the global batch and computing the telemetry.", EVERY),
     Metric("perf/tokens_per_s", "Generated tokens of the step's global batch (every "

@@ -162,7 +162,7 @@ def test_cli_reports_out_of_memory_in_one_line(capsys: pytest.CaptureFixture[str
 
 
 def test_tail_seconds_count_from_the_step_90_percent_had_ended() -> None:
-    from grpo_cli.rollout.decode import tail_seconds
+    from grpo_cli.rollout.base import tail_seconds
 
     # 10 rows: 5 end at t=1, 9 by t=2, the last at t=5: 3 s of the 5 were the tail
     progress = [(1.0, 5), (2.0, 9), (3.0, 9), (5.0, 10)]

@@ -12,7 +12,9 @@ from grpo_cli.rollout.vllm import (
     MiB,
     collapse_image_pads,
     engine_settings,
+    finish_recorder,
     kv_bytes_per_token,
+    per_sample,
     prompt_seed,
     sampling_kwargs,
     tp_groups,
@@ -63,6 +65,28 @@ def test_sampling_matches_the_hf_backend_settings() -> None:
                   "min_tokens": 0, "logprobs": 0, "seed": 11,
                   "stop_token_ids": [151645, 151643], "detokenize": False,
                   "skip_special_tokens": False}
+
+
+def test_each_sample_is_its_own_request_seeded_as_vllms_fan_out() -> None:
+    request = RolloutRequest([[1]], n=3, max_new_tokens=16, temperature=0.7, top_p=0.9)
+    kw = sampling_kwargs(request, [2], seed=11)
+    split = per_sample(kw)
+    assert [(s["n"], s["seed"]) for s in split] == [(1, 11), (1, 12), (1, 13)]
+    assert all(s | {"n": 5, "seed": 11} == kw | {"n": 5} for s in split)  # nothing else moves
+    assert [s["seed"] for s in per_sample(sampling_kwargs(request, [2], seed=None))] == \
+        [None] * 3
+
+
+def test_the_finish_recorder_counts_ended_requests_and_prints_nothing(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    progress: list[tuple[float, int]] = []
+    bar = finish_recorder(progress)(total=3, desc="Processed prompts", dynamic_ncols=True)
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    assert [ended for _, ended in progress] == [1, 2, 3]
+    assert [t for t, _ in progress] == sorted(t for t, _ in progress)
+    assert capsys.readouterr() == ("", "")
 
 
 def test_prompt_seeds_are_reproducible_and_distinct() -> None:

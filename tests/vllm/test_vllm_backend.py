@@ -107,6 +107,53 @@ def test_engine_samples_with_the_trainers_distribution(toy: Toy) -> None:
     assert toy.gap(comps) < CORRECT
 
 
+def test_one_request_per_sample_draws_what_vllms_own_fan_out_draws(toy: Toy) -> None:
+    """The backend submits each sample as its own request (n=1, seed + j) so that the engine
+    reports each completion's end; vLLM's fan-out of one request with n and seed gives the
+    same tokens, so the split changes no draw."""
+    from vllm import SamplingParams
+
+    from grpo_cli.rollout.vllm import per_sample, sampling_kwargs, vllm_prompts
+
+    request = RolloutRequest(toy.prompts.prompt_ids[:2], n=4, max_new_tokens=24)
+    prompts = vllm_prompts(request, None)
+    kwargs = [sampling_kwargs(request, toy.eos, seed=1000 + i) for i in range(2)]
+    fanned = toy.rollout.llm.generate(prompts, [SamplingParams(**k) for k in kwargs],
+                                      use_tqdm=False)
+    split = toy.rollout.llm.generate(
+        [p for p in prompts for _ in range(4)],
+        [SamplingParams(**one) for k in kwargs for one in per_sample(k)], use_tqdm=False)
+    want = [list(c.token_ids) for out in fanned
+            for c in sorted(out.outputs, key=lambda c: c.index)]
+    assert [list(out.outputs[0].token_ids) for out in split] == want
+    assert len({tuple(t) for t in want}) > 1  # distinct samples, not one draw repeated
+
+
+def test_the_engine_reports_each_completions_end(toy: Toy) -> None:
+    """The rollout tail's clock: one (time, ended so far) entry per completion as the engine
+    step that ends it returns, the longest last; the backend's tail_s lies inside its
+    rollout_s."""
+    from vllm import SamplingParams
+
+    from grpo_cli.rollout.vllm import finish_recorder, per_sample, sampling_kwargs, vllm_prompts
+
+    request = RolloutRequest(toy.prompts.prompt_ids[:4], n=4, max_new_tokens=48)
+    progress: list[tuple[float, int]] = []
+    outputs = toy.rollout.llm.generate(
+        [p for p in vllm_prompts(request, None) for _ in range(4)],
+        [SamplingParams(**one) for i in range(4)
+         for one in per_sample(sampling_kwargs(request, toy.eos, seed=7 + i))],
+        use_tqdm=finish_recorder(progress))
+    assert [ended for _, ended in progress] == list(range(1, 17))
+    times = [t for t, _ in progress]
+    assert times == sorted(times)
+    lengths = [len(out.outputs[0].token_ids) for out in outputs]
+    assert len(set(lengths)) > 1  # rows of different lengths: a tail to time
+    result = toy.rollout.generate(RolloutRequest(toy.prompts.prompt_ids[:4], n=4,
+                                                 max_new_tokens=48, seed=7))
+    assert 0.0 <= result.timings["tail_s"] < result.timings["rollout_s"]
+
+
 def test_pushed_weights_reach_the_engine_every_step(toy: Toy) -> None:
     from grpo_cli.rollout.vllm import repack_shared_weights
 
@@ -166,9 +213,9 @@ def test_vllm_output_classes_become_completions_in_sample_order() -> None:
     from grpo_cli.rollout.vllm import completions_from_outputs
 
     eos = 2
-    outputs = _outputs(groups=[
-        [(1, [7, 8, 9], [-0.5, -0.25, -2.0], "length"), (0, [4, eos], [-1.0, -0.1], "stop")],
-        [(0, [eos], [-0.3], "stop"), (1, [5, 6, 7], [-0.7, -0.8, -0.9], "length")],
+    outputs = _outputs(groups=[  # one request per sample, prompt-major (per_sample)
+        [(0, [4, eos], [-1.0, -0.1], "stop")], [(0, [7, 8, 9], [-0.5, -0.25, -2.0], "length")],
+        [(0, [eos], [-0.3], "stop")], [(0, [5, 6, 7], [-0.7, -0.8, -0.9], "length")],
     ])
     comps = completions_from_outputs(outputs, n=2)
     assert [(c.prompt_index, c.sample) for c in comps] == [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -177,15 +224,16 @@ def test_vllm_output_classes_become_completions_in_sample_order() -> None:
     assert comps[2].token_ids == [eos] and comps[2].logprobs == [-0.3]
 
 
-@pytest.mark.parametrize(("groups", "message"), [
-    ([[(0, [3], [-1.0], "abort")]], "reason 'abort'"),
-    ([[(0, [3], [-1.0], "stop"), (1, [3], [-1.0], "stop")]], "expected rollout.n=1"),
+@pytest.mark.parametrize(("groups", "n", "message"), [
+    ([[(0, [3], [-1.0], "abort")]], 1, "reason 'abort'"),
+    ([[(0, [3], [-1.0], "stop"), (1, [3], [-1.0], "stop")]], 1, "request 0, which asked for one"),
+    ([[(0, [3], [-1.0], "stop")]] * 3, 2, "not a multiple of rollout.n=2"),
 ])
-def test_unexpected_outputs_are_errors_not_numbers(groups: list, message: str) -> None:
+def test_unexpected_outputs_are_errors_not_numbers(groups: list, n: int, message: str) -> None:
     from grpo_cli.rollout.vllm import completions_from_outputs
 
     with pytest.raises(RuntimeError, match=message):
-        completions_from_outputs(_outputs(groups=groups), n=1)
+        completions_from_outputs(_outputs(groups=groups), n=n)
 
 
 def test_missing_logprobs_are_an_error() -> None:
