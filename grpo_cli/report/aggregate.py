@@ -28,6 +28,8 @@ STEP_COLUMNS = (
     "length/between_prompt_frac", "length/within_group_std",  # where length variance lives
     "entropy/truncated_mean", "entropy/finished_mean", "entropy/correct_mean",
     "entropy/incorrect_mean", "entropy/first_quarter_mean", "entropy/last_quarter_mean",
+    "length/max", "length/max_over_median",  # the rollout's long tail: longest vs median
+    "perf/rollout_tail_frac",
 )
 
 
@@ -120,6 +122,9 @@ def step_table(run: RunData) -> pd.DataFrame:
     for col in STEP_COLUMNS:
         if col not in frame:
             frame[col] = np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = frame["length/max"] / frame["length/p50"]
+    frame["length/max_over_median"] = ratio.where(np.isfinite(ratio))
     if frame["max_len"].isna().all():
         cap = (run.config.get("data") or {}).get("max_response_length")
         if isinstance(cap, (int, float)):
@@ -134,6 +139,9 @@ def rollout_step_table(r: Rollouts) -> pd.DataFrame:
     steps, inv = np.unique(r.step, return_inverse=True)
     stats = grouped_length_stats(inv.reshape(-1), steps.shape[0], r.length, r.truncated,
                                  r.reward, r.correct)
+    longest = np.zeros(steps.shape[0])
+    np.maximum.at(longest, inv.reshape(-1), np.asarray(r.length, dtype=np.float64))
+    stats["length/max"] = longest
     if r.prompt_id is not None:  # stores of every version have it; hand-built ones may not
         stats.update(grouped_variance_split(inv.reshape(-1), steps.shape[0], r.prompt_id,
                                             r.length))

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from grpo_cli.report.censoring import CapAdvice
-from grpo_cli.report.summary import RunSummary
+from grpo_cli.report.summary import RunSummary, pct_change
 
 # Fewer steps than this and the early and late windows are single noisy steps: no trends.
 MIN_TREND_STEPS = 6
@@ -66,6 +66,28 @@ DRIFT_PCT = 25.0
 # (the mean of capped lengths barely moves while the policy learns to be short).
 CAP_BINDING_LATE = HIGH_CLIP_RATIO
 
+# Entropy collapsing at the end of answers first: the last quarter of tokens loses half its
+# entropy, and 25 points more than the first quarter does. On the quick-start sweep the cap-32
+# arm's last quarter fell 49-91% against 23-53% for the first (2 of 3 seeds past both bars);
+# the cap-160 control's last quarter held (-20%..+9%) while its first quarter fell 76-80% as
+# the policy grew sure of its opening: a general sharpening, which this rule must not call a
+# collapse at the end.
+END_ENTROPY_FALL_PCT = 50.0
+END_ENTROPY_MARGIN_PCT = 25.0
+# Length stops following the problem: the between-prompt share of length variance falls by 20
+# points and to under half its early value. On the toy it rises in every arm (0.23-0.51 ->
+# 0.46-0.90) as groups become uniform; a fall is the opposite, every prompt answered alike.
+BETWEEN_FALL_POINTS = 0.20
+BETWEEN_FALL_RATIO = 0.5
+# The rollout's long tail: lengths spread evenly up to the longest spend ~10% of the decode
+# steps after 90% of rows ended; the toy's generous cap spends 12-17% with its longest 2.4x its
+# median. Three times the even share, with a longest completion 3x the median, is a tail that
+# the batch waits on.
+TAIL_SHARE = 0.30
+TAIL_MAX_OVER_MEDIAN = 3.0
+# Findings that describe a cost, not a pathology: they leave a "Healthy" verdict standing.
+NOTE_KINDS = ("rollout-tail",)
+
 LENGTH_BIASED_MODE = "seq-mean-token-mean"
 
 
@@ -78,7 +100,8 @@ class Remedy:
 @dataclass
 class Finding:
     kind: str  # truncation-pressure | length-explosion | loss-aggregation-bias |
-    # negative-coupling | length-drift | cap-binding | too-few-steps | healthy
+    # negative-coupling | length-drift | cap-binding | end-entropy-collapse |
+    # length-stops-following-prompt | rollout-tail | too-few-steps | healthy
     title: str
     message: str  # one plain sentence with the numbers that fired the rule
     evidence: list[str] = field(default_factory=list)
@@ -236,7 +259,7 @@ def arm_findings(per_seed: Sequence[list[Finding]], pooled: list[Finding],
             out.append(replace(f, support=f"{len(who[kind])} of {n} seeds",
                                message=f"seed={seeds[i]}: {f.message} (the seed means do "
                                "not cross this rule's thresholds)"))
-    if len(out) > 1:
+    if any(f.kind not in ("healthy", *NOTE_KINDS) for f in out):
         out = [f for f in out if f.kind != "healthy"]
     minority = [k for k in who if k not in majority]
     if not out:
@@ -275,8 +298,10 @@ def _diagnose(s: RunSummary, advice: CapAdvice | None = None) -> list[Finding]:
         binding = _cap_binding(s, advice)
         if binding is not None:
             findings.append(binding)
+    findings += [f for f in (_end_entropy(s, advice), _between_fall(s)) if f is not None]
+    notes = [f for f in (_tail(s),) if f is not None]
     if findings:
-        return findings
+        return findings + notes
     evidence = [f"length change: {_f(s.len_change_pct, '+.0f')}% (|change| < "
                 f"{LENGTH_FALL_PCT:.0f}% or no cause found)",
                 f"clip ratio late: {_pct(s.clip_late)}"]
@@ -286,7 +311,7 @@ def _diagnose(s: RunSummary, advice: CapAdvice | None = None) -> list[Finding]:
                         f"loss-aggregation finding needs ≥ {_f(_gap_threshold(s))}: "
                         f"{LOSS_BIAS_GAP_OF_LENGTH:.0%} of the early mean length, at least "
                         f"{LOSS_BIAS_GAP_TOKENS:.0f})")
-    return [Finding(
+    return [*notes, Finding(
         "healthy", "Healthy",
         f"no length pathology: length moved {_f(s.len_change_pct, '+.0f')}% "
         f"({_f(s.len_initial)} → {_f(s.len_final)} tokens), {_pct(s.clip_late)} truncated "
@@ -451,3 +476,61 @@ def _drift(s: RunSummary) -> Finding | None:
          f"truncated share: {_pct(s.clip_mean)} (< {HIGH_CLIP_RATIO:.0%} or truncated "
          "completions not earning less)"],
         [TOKEN_MEAN, Remedy("length.penalty=none", "rule out a length-aware reward")], "info")
+
+
+def _end_entropy(s: RunSummary, advice: CapAdvice | None) -> Finding | None:
+    last = pct_change(s.ent_last_early, s.ent_last_late)
+    first = pct_change(s.ent_first_early, s.ent_first_late)
+    if not (math.isfinite(last) and math.isfinite(first) and last <= -END_ENTROPY_FALL_PCT
+            and first - last >= END_ENTROPY_MARGIN_PCT):
+        return None
+    evidence = [f"last-quarter entropy: {last:+.0f}% (≤ -{END_ENTROPY_FALL_PCT:.0f}%)",
+                f"first-quarter entropy: {first:+.0f}% (the last must fall ≥ "
+                f"{END_ENTROPY_MARGIN_PCT:.0f} points more)"]
+    trunc = pct_change(s.ent_trunc_early, s.ent_trunc_late)
+    done = pct_change(s.ent_finished_early, s.ent_finished_late)
+    outcome = ""
+    if math.isfinite(trunc) and math.isfinite(done):
+        outcome = (f"; truncated completions' entropy changed {trunc:+.0f}%, finished ones' "
+                   f"{done:+.0f}%")
+        evidence.append(f"entropy, truncated vs finished: {trunc:+.0f}% vs {done:+.0f}%")
+    capped = math.isfinite(s.clip_mean) and s.clip_mean >= HIGH_CLIP_RATIO
+    return Finding(
+        "end-entropy-collapse", "Entropy collapsed at the end of answers first",
+        f"mean token entropy over the last quarter of each completion fell {-last:.0f}% "
+        f"({_f(s.ent_last_early, '.3f')} → {_f(s.ent_last_late, '.3f')} nats; threshold "
+        f"{END_ENTROPY_FALL_PCT:.0f}%) while the first quarter changed {first:+.0f}% "
+        f"({_f(s.ent_first_early, '.3f')} → {_f(s.ent_first_late, '.3f')}){outcome}: the "
+        "policy stopped exploring how answers end, the first sign of a collapse toward short "
+        "answers", evidence,
+        [_raise_cap(s, advice), MASK] if capped else [], "info")
+
+
+def _between_fall(s: RunSummary) -> Finding | None:
+    early, late = s.between_early, s.between_late
+    if not (math.isfinite(early) and math.isfinite(late) and early - late >= BETWEEN_FALL_POINTS
+            and late <= BETWEEN_FALL_RATIO * early):
+        return None
+    return Finding(
+        "length-stops-following-prompt", "Length stopped following the problem",
+        f"the share of length variance between prompts fell from {_pct(early)} to "
+        f"{_pct(late)} (threshold: {BETWEEN_FALL_POINTS * 100:.0f} points and under "
+        f"{BETWEEN_FALL_RATIO:.0%} of its early value): answers are about as long whatever "
+        "the problem, so length no longer adapts to difficulty",
+        [f"between-prompt share: {_pct(early)} → {_pct(late)}"], [], "info")
+
+
+def _tail(s: RunSummary) -> Finding | None:
+    tail, ratio = s.tail_late, s.max_over_median_late
+    if not (math.isfinite(tail) and math.isfinite(ratio) and tail >= TAIL_SHARE
+            and ratio >= TAIL_MAX_OVER_MEDIAN):
+        return None
+    return Finding(
+        "rollout-tail", "A long rollout tail",
+        f"{_pct(tail)} of sampling time went to the last 10% of completions and the longest "
+        f"was {ratio:.1f}× the median over the last {s.window} step(s) (thresholds "
+        f"{TAIL_SHARE:.0%} and {TAIL_MAX_OVER_MEDIAN:.0f}×): the cost of a generous cap, paid "
+        "in every step's sampling", [f"rollout tail share: {_pct(tail)} (≥ {TAIL_SHARE:.0%})",
+                                     f"longest / median length: {ratio:.1f} (≥ "
+                                     f"{TAIL_MAX_OVER_MEDIAN:.0f})"],
+        [_overlong(s)], "info")

@@ -927,6 +927,17 @@ def _draw_all(report: Report, out: Path, formats: tuple[str, ...]) -> list[Figur
             "quarter of tokens (right). A collapse shows as entropy falling at the end of "
             "long answers first.",
             lambda: entropy_figure(report))
+    if any(v.table["perf/rollout_tail_frac"].notna().any() for v in report.views):
+        add("rollout_tail", "The rollout's long tail",
+            "Share of each step's sampling time spent after 90% of its completions had ended "
+            "(left; the hf decode loop and vLLM time it, `generate` does not), and the "
+            "longest completion over the median length (right). The cost of a generous cap: "
+            "the whole batch waits on its few longest answers.",
+            lambda: _panels_figure(report, "The rollout's long tail, per step", [
+                Panel("perf/rollout_tail_frac", "sampling time after 90% ended (%)",
+                      "time on the last 10% of completions", "not recorded", percent=True),
+                Panel("length/max_over_median", "longest / median length",
+                      "longest vs median completion", "not recorded")]))
     add("correct_incorrect", "Correct vs incorrect length",
         "Mean length of correct and incorrect completions per step.",
         lambda: correct_incorrect_figure(report))

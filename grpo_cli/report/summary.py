@@ -57,6 +57,20 @@ class RunSummary:
     # reading when no probe step falls inside the window
     natural_early: float = math.nan
     natural_late: float = math.nan
+    # the diagnostics no framework logs (early/late window means; NaN where not recorded):
+    # where length variance lives, entropy by outcome and position, the rollout's long tail
+    between_early: float = math.nan  # share of length variance between prompts
+    between_late: float = math.nan
+    ent_trunc_early: float = math.nan  # mean token entropy of truncated completions
+    ent_trunc_late: float = math.nan
+    ent_finished_early: float = math.nan
+    ent_finished_late: float = math.nan
+    ent_first_early: float = math.nan  # over each completion's first quarter of tokens
+    ent_first_late: float = math.nan
+    ent_last_early: float = math.nan  # ... and its last quarter
+    ent_last_late: float = math.nan
+    tail_late: float = math.nan  # share of sampling time after 90% of completions ended
+    max_over_median_late: float = math.nan  # longest completion / median length
 
     @property
     def incorrect_change_pct(self) -> float:
@@ -128,6 +142,18 @@ def summarize(run: RunData, table: pd.DataFrame,
         wall_s=wall_time(run, table), loss_agg_mode=run.loss_agg_mode,
         status=run.meta.get("status"),
         natural_early=_probe(table, True, w), natural_late=_probe(table, False, w),
+        between_early=early("length/between_prompt_frac"),
+        between_late=late("length/between_prompt_frac"),
+        ent_trunc_early=early("entropy/truncated_mean"),
+        ent_trunc_late=late("entropy/truncated_mean"),
+        ent_finished_early=early("entropy/finished_mean"),
+        ent_finished_late=late("entropy/finished_mean"),
+        ent_first_early=early("entropy/first_quarter_mean"),
+        ent_first_late=late("entropy/first_quarter_mean"),
+        ent_last_early=early("entropy/last_quarter_mean"),
+        ent_last_late=late("entropy/last_quarter_mean"),
+        tail_late=late("perf/rollout_tail_frac"),
+        max_over_median_late=late("length/max_over_median"),
     )
 
 

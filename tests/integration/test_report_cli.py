@@ -38,12 +38,12 @@ def test_report_of_a_real_run(runs: Path, run_id: str) -> None:
     assert page_path == (runs / "reports" / run_id / "report.html").resolve()
     out = page_path.parent
     for name in ("report.md", "clip_ratio.png", "reward_accuracy.png", "correlation.png",
-                 "length_variance.png", "entropy.png", "correct_incorrect.png", "run00_length.png",
-                 "run00_heatmap.png", "run00_km.png"):
+                 "length_variance.png", "entropy.png", "rollout_tail.png", "correct_incorrect.png",
+                 "run00_length.png", "run00_heatmap.png", "run00_km.png"):
         assert (out / name).stat().st_size > 0, name
     page = page_path.read_text()
-    # 9 + accuracy by length, length by outcome, reward components and entropy
-    assert page.count("data:image/png;base64,") == 12
+    # 9 + accuracy by length, length by outcome, reward components and entropy, rollout tail
+    assert page.count("data:image/png;base64,") == 13
     # the summary's initial/final lengths are the step means of metrics.jsonl (window: 1 step)
     metrics = read_metrics(runs / run_id)
     _numbers_in(page, metrics[0]["length/mean"], metrics[-1]["length/mean"])

@@ -53,6 +53,7 @@ def test_step_table_matches_pandas() -> None:
             group_mean.var(ddof=0) / rows["len"].var(ddof=0))
         assert row["length/within_group_std"] == pytest.approx(
             np.sqrt(((rows["len"] - group_mean) ** 2).mean()))
+        assert row["length/max"] == rows["len"].max()
 
 
 def test_step_table_without_prompt_ids_has_no_variance_split() -> None:
@@ -82,3 +83,21 @@ def test_heatmap_shares_sum_to_one_and_the_cap_tops_its_bin() -> None:
 @pytest.mark.parametrize(("n", "w"), [(1, 1), (9, 1), (12, 1), (20, 2), (2000, 200)])
 def test_window_is_ten_percent_at_least_one(n: int, w: int) -> None:
     assert window(n) == w
+
+
+def test_a_runs_table_has_longest_over_median_and_its_tail_share() -> None:
+    """From rows alone (an old store) the longest completion comes from the rows; the logged
+    tail share passes through; the ratio is longest / median per step."""
+    from grpo_cli.report.aggregate import step_table
+    from grpo_cli.report.load import RunData
+
+    r = _rollouts()
+    metrics = pd.DataFrame({"perf/rollout_tail_frac": np.linspace(0.0, 0.3, 7)},
+                           index=pd.Index(np.arange(7), name="step"))
+    run = RunData(run_id="x", source="store", path=None, config={}, meta={},
+                  metrics=metrics, rollouts=r)
+    got = step_table(run)
+    df = pd.DataFrame({"step": r.step, "len": r.length.astype(float)})
+    by = df.groupby("step")["len"]
+    assert np.allclose(got["length/max_over_median"], by.max() / by.median())
+    assert np.allclose(got["perf/rollout_tail_frac"], np.linspace(0.0, 0.3, 7))

@@ -11,13 +11,19 @@ import pytest
 
 from grpo_cli.report import analyse_run
 from grpo_cli.report.diagnosis import (
+    BETWEEN_FALL_POINTS,
+    BETWEEN_FALL_RATIO,
     COUPLING_DROP,
     COUPLING_LENGTH_FALL_PCT,
     COUPLING_NEGATIVE,
+    END_ENTROPY_FALL_PCT,
+    END_ENTROPY_MARGIN_PCT,
     LOSS_BIAS_GAP_OF_LENGTH,
     LOSS_BIAS_GAP_TOKENS,
     LOSS_BIAS_RISE_PCT,
     MIN_TREND_STEPS,
+    TAIL_MAX_OVER_MEDIAN,
+    TAIL_SHARE,
     arm_findings,
     diagnose,
     gap_growth,
@@ -284,3 +290,115 @@ def test_coupling_needs_length_to_fall() -> None:
             f"{over.len_final:.1f} tokens; threshold {COUPLING_LENGTH_FALL_PCT:.0f}%)"
             ) in f.message
     assert "not the cap" in f.message  # nothing truncated
+
+
+# --- the diagnostics beyond length: entropy by position, variance split, the rollout tail ---
+#
+# The same sweep run again once those columns were recorded (sweep 20261206-095844: the same
+# lengths to the token), default window (6 steps), per seed.
+_DIAG_CONTROL = {  # cap 160: nothing truncated, so no entropy of truncated completions
+    0: dict(between_early=0.4927, between_late=0.8948, ent_finished_early=0.11,
+            ent_finished_late=0.03433, ent_first_early=0.192, ent_first_late=0.04701,
+            ent_last_early=0.03372, ent_last_late=0.03661, tail_late=0.1191,
+            max_over_median_late=2.626),
+    1: dict(between_early=0.5093, between_late=0.8893, ent_finished_early=0.1186,
+            ent_finished_late=0.03513, ent_first_early=0.2151, ent_first_late=0.04744,
+            ent_last_early=0.03955, ent_last_late=0.03633, tail_late=0.1727,
+            max_over_median_late=2.592),
+    2: dict(between_early=0.4396, between_late=0.903, ent_finished_early=0.1147,
+            ent_finished_late=0.02855, ent_first_early=0.2009, ent_first_late=0.03963,
+            ent_last_early=0.03617, ent_last_late=0.02881, tail_late=0.17,
+            max_over_median_late=2.584),
+}
+_DIAG_CAP32 = {
+    0: dict(between_early=0.3042, between_late=0.4724, ent_trunc_early=0.09039,
+            ent_trunc_late=0.0753, ent_finished_early=0.2464, ent_finished_late=0.2164,
+            ent_first_early=0.2495, ent_first_late=0.1861, ent_last_early=0.03664,
+            ent_last_late=0.01873, tail_late=0.04394, max_over_median_late=3.111),
+    1: dict(between_early=0.4086, between_late=0.4556, ent_trunc_early=0.1214,
+            ent_trunc_late=0.0729, ent_finished_early=0.1712, ent_finished_late=0.2431,
+            ent_first_early=0.2548, ent_first_late=0.1958, ent_last_early=0.05324,
+            ent_last_late=0.007288, tail_late=0.1557, max_over_median_late=5.778),
+    2: dict(between_early=0.2292, between_late=0.7718, ent_trunc_early=0.1127,
+            ent_trunc_late=0.06511, ent_finished_early=0.2507, ent_finished_late=0.1496,
+            ent_first_early=0.2698, ent_first_late=0.1279, ent_last_early=0.05749,
+            ent_last_late=0.005308, tail_late=0.08517, max_over_median_late=5.511),
+}
+
+
+def _cap32(seed: int, **numbers: float) -> RunSummary:
+    base = dict(cap_early=32.0, cap_late=32.0, reward_std=0.47, **_CAP32[seed])
+    return summary(**(base | _DIAG_CAP32[seed] | numbers))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_new_diagnostics_leave_the_control_healthy(seed: int) -> None:
+    """The control's entropy falls 76-80% over the first quarter (a sure opening), its
+    between-prompt share rises, its tail is 12-17%: none of it is a finding."""
+    s = summary(window=6, **_CONTROL[(seed, 6)], **_DIAG_CONTROL[seed])
+    assert kinds(s) == ["healthy"]
+
+
+def test_entropy_collapses_at_the_end_first_in_two_of_three_capped_seeds() -> None:
+    got = [[f for f in diagnose(_cap32(i)) if f.kind == "end-entropy-collapse"]
+           for i in range(3)]
+    assert [len(f) for f in got] == [0, 1, 1]  # seed 0: the last quarter fell 49%
+    (f,) = got[1]
+    assert f.severity == "info"
+    assert ("over the last quarter of each completion fell 86% (0.053 → 0.007 nats; "
+            "threshold 50%) while the first quarter changed -23%") in f.message
+    assert "truncated completions' entropy changed -40%, finished ones' +42%" in f.message
+    assert "max_len=64" in [r.override for r in f.remedies]  # 36% truncated: the cap's doing
+    pooled = diagnose(_cap32(0, **{k: sum(_DIAG_CAP32[i][k] for i in range(3)) / 3
+                                   for k in _DIAG_CAP32[0]}))
+    arm = arm_findings([diagnose(_cap32(i)) for i in range(3)], pooled, [0, 1, 2])
+    assert [(f.kind, f.support) for f in arm] == [
+        ("truncation-pressure", "3 of 3 seeds"), ("end-entropy-collapse", "2 of 3 seeds")]
+
+
+def _ends(first_pct: float, last_pct: float) -> RunSummary:
+    return summary(ent_first_early=0.2, ent_first_late=0.2 * (1 + first_pct / 100),
+                   ent_last_early=0.1, ent_last_late=0.1 * (1 + last_pct / 100))
+
+
+def test_end_entropy_needs_a_large_fall_and_more_than_the_opening() -> None:
+    fall, margin = END_ENTROPY_FALL_PCT, END_ENTROPY_MARGIN_PCT
+    assert "end-entropy-collapse" in kinds(_ends(0.0, -1.02 * fall))
+    assert "end-entropy-collapse" not in kinds(_ends(0.0, -0.98 * fall))
+    last = -1.2 * fall  # a large fall, but the opening fell almost as much: sharpening
+    assert "end-entropy-collapse" in kinds(_ends(last + 1.02 * margin, last))
+    assert "end-entropy-collapse" not in kinds(_ends(last + 0.98 * margin, last))
+    (f,) = [f for f in diagnose(_ends(0.0, -80.0)) if f.kind == "end-entropy-collapse"]
+    assert f.remedies == []  # nothing truncated: no cap to raise
+
+
+def test_a_falling_between_prompt_share_is_length_ignoring_the_problem() -> None:
+    points, ratio = BETWEEN_FALL_POINTS, BETWEEN_FALL_RATIO
+    key = "length-stops-following-prompt"
+    early = 0.6
+    assert key in kinds(summary(between_early=early, between_late=ratio * early * 0.98))
+    # under half, but only a few points: a small share halving is no finding
+    small = 0.9 * points
+    assert key not in kinds(summary(between_early=small, between_late=small * 0.1))
+    # many points, but not under half
+    assert key not in kinds(summary(between_early=early, between_late=ratio * early * 1.02))
+    (f,) = [f for f in diagnose(summary(between_early=0.6, between_late=0.2)) if f.kind == key]
+    assert "fell from 60% to 20% (threshold: 20 points and under 50%" in f.message
+
+
+def test_a_long_rollout_tail_is_a_note_beside_healthy() -> None:
+    over = summary(tail_late=1.05 * TAIL_SHARE, max_over_median_late=1.05 * TAIL_MAX_OVER_MEDIAN)
+    assert kinds(over) == ["rollout-tail", "healthy"]
+    (f, _) = diagnose(over)
+    assert f.severity == "info" and "the cost of a generous cap" in f.message
+    assert "32% of sampling time went to the last 10% of completions" in f.message
+    assert [r.override for r in f.remedies] == ["length.overlong_buffer=32"]
+    assert kinds(replace(over, tail_late=0.95 * TAIL_SHARE)) == ["healthy"]
+    assert kinds(replace(over, max_over_median_late=0.95 * TAIL_MAX_OVER_MEDIAN)) == ["healthy"]
+    # an arm whose seeds all have the tail keeps its healthy verdict beside the note
+    arm = arm_findings([diagnose(over)] * 3, diagnose(over), [0, 1, 2])
+    assert [f.kind for f in arm] == ["rollout-tail", "healthy"]
+    # with a pathology the note stays and "healthy" goes
+    capped = replace(_cap32(1), tail_late=over.tail_late,
+                     max_over_median_late=over.max_over_median_late)
+    assert "rollout-tail" in kinds(capped) and "healthy" not in kinds(capped)
