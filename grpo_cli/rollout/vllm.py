@@ -394,8 +394,8 @@ class VLLMRollout:
 
         start = time.perf_counter()
         self._wake()
-        # One SamplingParams per prompt, seeded from (request seed, prompt): reproducible, and
-        # unrelated across prompts and ranks (vLLM gives sample j of a prompt seed + j).
+        # One SamplingParams per sample, seeded from (request seed, prompt) + j: reproducible,
+        # and unrelated across prompts and ranks (per_sample: vLLM's own fan-out's seeds).
         prompts = vllm_prompts(request, self.image_token_id, self.mm_processor_kwargs)
         local = [(p, kwargs) for i, p in enumerate(prompts) for kwargs in per_sample(
             sampling_kwargs(request, self.eos_token_ids, prompt_seed(request.seed, i)))]

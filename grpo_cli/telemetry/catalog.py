@@ -307,8 +307,7 @@ SECTIONS: dict[str, str] = {
 # The order of the docs' sections; a prefix left out comes after these.
 PREFIX_ORDER: tuple[str, ...] = ("", "length/", "reward/", "corr/", "budget/", "gfpo/",
                                  "dynamic/", "mismatch/", "entropy/", "rollout/", "loss/",
-                                 "policy/",
-                                 "train/", "perf/", "val/")
+                                 "policy/", "train/", "perf/", "val/")
 
 
 @cache

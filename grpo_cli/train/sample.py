@@ -33,7 +33,8 @@ class Rollouts:
     lengths: np.ndarray  # [N] int, generated tokens incl. EOS, no padding
     truncated: np.ndarray  # [N] bool, from the engine's finish reason
     vision: list[dict[str, torch.Tensor]] | None = None  # per completion (VL models)
-    # the sampler's own seconds: rollout_s, and tail_s where it can tell (hf decode loop)
+    # the sampler's own seconds: rollout_s, and tail_s where it can tell (the hf decode loop
+    # and vLLM; not transformers `generate`)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -79,7 +80,7 @@ def sample(rollout: RolloutBackend, prompts: PromptSet, ids: list[int], cap: int
 def tail_share(r: Rollouts) -> dict[str, float]:
     """``perf/rollout_tail_frac``: the share of this rank's sampling time spent after 90% of
     each sampling call's completions had ended (the long tail a generous cap pays for);
-    only where the sampler can tell (the hf backend's decode loop: text, drop_finished)."""
+    only where the sampler can tell (the hf decode loop and vLLM, not `generate`)."""
     total, tail = r.timings.get("rollout_s"), r.timings.get("tail_s")
     if total is None or tail is None or total <= 0:
         return {}
