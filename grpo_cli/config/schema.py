@@ -30,6 +30,21 @@ DEFAULT_MICRO_BATCH = 32
 
 
 @dataclass
+class WarmStartConfig:
+    """A supervised warm start ("cold start", DeepSeek-R1) before GRPO: the base model is
+    fine-tuned on worked solutions once, cached by everything that shapes it, and the run
+    (policy, reference and sampler) starts from that checkpoint."""
+
+    # dataset with a solution column (toy:<task> or a file, as data.train_files); null: off
+    data: str | None = None
+    solution_key: str = "solution"  # column holding the worked solution the model imitates
+    steps: int = 100  # optimiser steps of supervised fine-tuning
+    batch_size: int = 16  # examples per step (distinct rows: steps x batch_size are drawn)
+    lr: float = 1.0e-4  # AdamW peak learning rate (5% linear warm-up, cosine to 10%)
+    seed: int = 0  # rows, batch order and init of the warm start (not the run's seed)
+
+
+@dataclass
 class ModelConfig:
     # hub id, local HF checkpoint dir, "toy" or "toy-vl" (embedded models), a .gguf file or
     # pkg:<distribution>/<file> (a GGUF file an installed package ships)
@@ -38,6 +53,7 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False  # run the checkpoint's own modelling code (hub models)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
 
 
 @dataclass

@@ -105,6 +105,7 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
     _require(a.clip_ratio_low >= 0 and a.clip_ratio_high >= 0, "algorithm.clip_ratio_*: >= 0")
     _require(a.kl_coef >= 0, f"algorithm.kl_coef={a.kl_coef}: must be >= 0")
     _validate_sampling_fixes(cfg)
+    _validate_warm_start(cfg)
 
     # Batch arithmetic: prompts split over ranks, completions over micro-batches and updates.
     _require(t.prompts_per_step >= 1,
@@ -349,6 +350,39 @@ def _schedule(cfg: RunConfig) -> list[tuple[int, int]]:
         _require(not out or step >= out[-1][0], "length.schedule: steps must be non-decreasing")
         out.append((step, cap))
     return out
+
+
+def _validate_warm_start(cfg: RunConfig) -> None:
+    """model.warm_start: positive sizes and a dataset that has prompts and solutions."""
+    w = cfg.model.warm_start
+    if w.data is None:
+        return
+    for name in ("steps", "batch_size"):
+        value = getattr(w, name)
+        _require(value >= 1, f"model.warm_start.{name}={value}: must be >= 1")
+    _require(w.lr > 0, f"model.warm_start.lr={w.lr}: must be > 0")
+    if w.data.startswith("toy:"):
+        from grpo_cli.data.toy import SOLVED_TASKS, TOY_TASKS
+
+        task = w.data.split(":", 1)[1]
+        _require(task in TOY_TASKS,
+                 f"model.warm_start.data={w.data}: toy tasks are {', '.join(TOY_TASKS)}")
+        _require(task in SOLVED_TASKS,
+                 f"model.warm_start.data={w.data}: this toy task has no solutions; toy tasks "
+                 f"with solutions are {', '.join(SOLVED_TASKS)}")
+        return
+    path = Path(w.data.split("@")[0]).expanduser()
+    if path.suffix not in (".jsonl", ".json", ".parquet"):
+        return  # a hub dataset: its columns are checked when it is read
+    _require(path.is_file(), f"model.warm_start.data={w.data}: file not found")
+    from grpo_cli.data.datasets import first_row_columns
+
+    columns = first_row_columns(w.data)
+    for key, col in (("data.prompt_key", cfg.data.prompt_key),
+                     ("model.warm_start.solution_key", w.solution_key)):
+        _require(columns is None or col in columns,
+                 f"{key}={col}: model.warm_start.data={w.data} has no such column "
+                 f"(columns: {', '.join(columns or [])})")
 
 
 def _validate_data_spec(key: str, spec: str, data: DataConfig) -> None:

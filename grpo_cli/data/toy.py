@@ -27,7 +27,11 @@ from typing import Any
 # add-vl: the same sums for vision-language models; the problem is also drawn in an image
 # (PNG bytes in the ``images`` column, an ``<image>`` placeholder before the text).
 # sums: "What is 3 + 5?" in plain words, for real chat models (no reference solutions).
-TOY_TASKS: tuple[str, ...] = ("add", "add-vl", "sums")
+# long-sums: "What is 3 + 8 + 5 + 2?" (3-5 terms) with worked solutions in prose, for a real
+# model's supervised warm start (model.warm_start) and the RL that follows it.
+TOY_TASKS: tuple[str, ...] = ("add", "add-vl", "sums", "long-sums")
+# Tasks whose rows carry a reference ``solution`` (what a warm start imitates).
+SOLVED_TASKS: tuple[str, ...] = ("add", "add-vl", "long-sums")
 IMAGE_SIZE = (112, 28)  # width, height: the VL toy's processor keeps exactly this size
 STYLES: tuple[str, ...] = ("jump", "terse", "stepwise", "verbose")
 # Style mix of the reference solutions (what the warm-up imitates).
@@ -133,6 +137,8 @@ def generate_rows(task: str = "add", size: int = 1024, seed: int = 0) -> list[di
         raise ValueError(f"size must be >= 0, got {size}")
     if task == "sums":
         return sum_questions(size, seed)
+    if task == "long-sums":
+        return long_sums(size, seed)
     # The VL task draws the same problems as the text task (same seed stream).
     rng = random.Random(f"grpo-toy:add:{seed}")  # str seeds hash identically everywhere
     rows = [_row(rng) for _ in range(size)]
@@ -150,6 +156,58 @@ def sum_questions(size: int, seed: int = 0) -> list[dict[str, Any]]:
     for _ in range(size):
         a, b = rng.randint(MIN_VALUE, MAX_VALUE), rng.randint(MIN_VALUE, MAX_VALUE)
         rows.append({"problem": f"What is {a} + {b}?", "answer": str(a + b)})
+    return rows
+
+
+LONG_MIN_TERMS, LONG_MAX_TERMS = 3, 5
+# Style mix of long-sums' worked solutions; the shares were chosen by measuring the warmed-up
+# SmolLM2-135M (docs/reproductions.md): enough short answers that a small cap leaves the
+# policy something that finishes, enough long ones that a generous cap has them to keep.
+LONG_STYLE_WEIGHTS: tuple[float, ...] = (0.15, 0.25, 0.35, 0.25)
+
+
+def render_prose_solution(nums: list[int], style: str) -> str:
+    """A worked solution in words for ``nums``; its last number is always the sum, which is
+    where ``final_answer_score`` reads the answer (SmolLM2 tokens in brackets, 4 terms):
+
+    - ``jump`` (~7): ``The answer is 18.``
+    - ``terse`` (~22): ``3 + 8 + 5 + 2 = 18. The answer is 18.``
+    - ``stepwise`` (~36): ``3 + 8 = 11. 11 + 5 = 16. 16 + 2 = 18. The answer is 18.``
+    - ``verbose`` (~62): ``We add one number at a time.``, the steps, then ``So the sum of
+      3 + 8 + 5 + 2 is 18. The answer is 18.``
+    """
+    total, terms = sum(nums), " + ".join(map(str, nums))
+    if style == "jump":
+        return f"The answer is {total}."
+    if style == "terse":
+        return f"{terms} = {total}. The answer is {total}."
+    steps, running = [], nums[0]
+    for x in nums[1:]:
+        steps.append(f"{running} + {x} = {running + x}.")
+        running += x
+    if style == "stepwise":
+        return f"{' '.join(steps)} The answer is {total}."
+    if style == "verbose":
+        return (f"We add one number at a time. {' '.join(steps)} So the sum of {terms} is "
+                f"{total}. The answer is {total}.")
+    raise ValueError(f"unknown style {style!r}; styles are {', '.join(STYLES)}")
+
+
+def long_sums(size: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``What is 3 + 8 + 5 + 2?`` with 3-5 one-digit terms and a worked solution each.
+
+    SmolLM2-135M-Instruct gets only 2% of three-term sums right as it ships; warmed up on
+    these solutions, a longer (stepwise) answer is more often right than a short one, the
+    setting where a small cap takes reasoning away (docs/reproductions.md).
+    """
+    rng = random.Random(f"grpo-toy:long-sums:{seed}")
+    rows = []
+    for _ in range(size):
+        nums = [rng.randint(MIN_VALUE, MAX_VALUE)
+                for _ in range(rng.randint(LONG_MIN_TERMS, LONG_MAX_TERMS))]
+        style = rng.choices(STYLES, weights=LONG_STYLE_WEIGHTS)[0]
+        rows.append({"problem": f"What is {' + '.join(map(str, nums))}?",
+                     "answer": str(sum(nums)), "solution": render_prose_solution(nums, style)})
     return rows
 
 

@@ -15,8 +15,6 @@ it as is.
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 from grpo_cli.config.schema import TOY_CONTEXT
 from grpo_cli.data.toy import STYLES, generate_rows, style_of
 from grpo_cli.models.cache import build_once, cache_root
+from grpo_cli.models.sft import Example, length_batches, lr_at, pad_batch, train_step
 
 TOY_MODEL_DIR: Path = Path(__file__).resolve().parents[1] / "assets" / "toy-qwen2"
 PAD, EOS, UNK, ANSWER_OPEN, ANSWER_CLOSE = "<pad>", "<eos>", "<unk>", "<answer>", "</answer>"
@@ -130,7 +129,7 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _examples(tokenizer: Any, rows: list[dict[str, str]]) -> list[tuple[list[int], int]]:
+def _examples(tokenizer: Any, rows: list[dict[str, str]]) -> list[Example]:
     """(prompt + solution + EOS ids, prompt length) per row."""
     out = []
     for row in rows:
@@ -138,55 +137,6 @@ def _examples(tokenizer: Any, rows: list[dict[str, str]]) -> list[tuple[list[int
         answer = _encode(tokenizer, row["solution"]) + [tokenizer.eos_token_id]
         out.append((prompt + answer, len(prompt)))
     return out
-
-
-def _batch(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """Right-padded ids and labels; the loss covers the solution and EOS only.
-
-    Right padding needs no attention mask under a causal mask: pads only follow real tokens.
-    """
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for i, (ids, prompt_len) in enumerate(examples):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
-    return input_ids, labels
-
-
-def _lr_at(step: int, total: int, peak: float) -> float:
-    """Linear warm-up for 5% of the steps, then cosine decay to 10% of the peak."""
-    warm = max(1, total // 20)
-    if step < warm:
-        return peak * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
-
-
-def _batches(examples: list[tuple[list[int], int]], batch_size: int,
-             seed: int) -> list[list[tuple[list[int], int]]]:
-    """Length-bucketed batches in a seeded random order: ~2.5x less padding than random.
-
-    Examples are sorted by length within windows of 32 batches, so every batch still mixes
-    problems and styles of similar length, and the order stays a pure function of the seed.
-    """
-    window = 32 * batch_size
-    batches = []
-    for start in range(0, len(examples), window):
-        chunk = sorted(examples[start : start + window], key=lambda e: len(e[0]))
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    random.Random(f"grpo-toy-batches:{seed}").shuffle(batches)
-    return batches
-
-
-def _train_step(model: Any, optim: torch.optim.Optimizer, input_ids: torch.Tensor,
-                labels: torch.Tensor) -> float:
-    loss = model(input_ids=input_ids, labels=labels, use_cache=False).loss
-    optim.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optim.step()
-    return loss.item()
 
 
 def calibrate_style_prior(model: Any, tokenizer: Any, optim: torch.optim.Optimizer, seed: int,
@@ -204,7 +154,8 @@ def calibrate_style_prior(model: Any, tokenizer: Any, optim: torch.optim.Optimiz
     for group in optim.param_groups:
         group["lr"] = lr
     model.train()
-    losses = [_train_step(model, optim, *_batch(cut[i : i + batch_size], tokenizer.pad_token_id))
+    pad = tokenizer.pad_token_id
+    losses = [train_step(model, optim, *pad_batch(cut[i : i + batch_size], pad))
               for i in range(0, len(cut), batch_size)]
     model.eval()
     return float(np.mean(losses[-10:]))
@@ -217,14 +168,15 @@ def warm_up(model: Any, tokenizer: Any, seed: int, steps: int = WARMUP_STEPS,
     """Supervised fine-tuning on reference solutions (loss on solution + EOS only), then a
     short style-prior calibration; returns the mean training loss of the last 10% of steps."""
     rows = generate_rows("add", size=steps * batch_size, seed=seed)
-    batches = _batches(_examples(tokenizer, rows), batch_size, seed)
+    batches = length_batches(_examples(tokenizer, rows), batch_size,
+                             f"grpo-toy-batches:{seed}")
     optim = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     model.train()
     tail: list[float] = []
     for step, batch in enumerate(batches):
         for group in optim.param_groups:
-            group["lr"] = _lr_at(step, steps, lr)
-        loss = _train_step(model, optim, *_batch(batch, tokenizer.pad_token_id))
+            group["lr"] = lr_at(step, steps, lr)
+        loss = train_step(model, optim, *pad_batch(batch, tokenizer.pad_token_id))
         if step >= steps - max(1, steps // 10):
             tail.append(loss)
         if step % 100 == 0 or step == steps - 1:

@@ -58,6 +58,10 @@ class Inputs:
 
 def load_inputs(cfg: RunConfig, d: eng.Dist) -> Inputs:
     model_path = resolve_model_path(cfg.model.path, cfg.model.gguf_file)
+    if cfg.model.warm_start.data is not None:  # fine-tuned once on worked solutions, cached
+        from grpo_cli.models.warm_start import ensure_warm_started
+
+        model_path = str(ensure_warm_started(model_path, cfg.model.warm_start, cfg.data))
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     image_token = vision_token_id(model_path, cfg.model.trust_remote_code)
     processor = load_processor(model_path, cfg.model.trust_remote_code) \

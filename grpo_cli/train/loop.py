@@ -106,7 +106,7 @@ def _train(cfg: RunConfig, d: eng.Dist, run: RunHandle, stop: StopRequest,
     t = cfg.trainer
     prompts = inputs.prompts
     run.note(dropped_prompts=prompts.dropped, train_prompts=len(prompts.prompt_ids),
-             bad_rows=prompts.bad_rows)
+             bad_rows=prompts.bad_rows, model_dir=inputs.model_path)
     sampler = PromptSampler(len(prompts.prompt_ids), cfg.seed, cfg.data.shuffle)
     x = Setup(cfg, d, run, inputs, build_models(cfg, inputs, d, run))
     # what training runs with, engines started

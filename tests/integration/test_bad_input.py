@@ -93,6 +93,19 @@ CASES = [
     (["run", *QUICK, "algorithm.dynamic_sampling=true", "algorithm.dynamic_sampling_key=acc"],
      "algorithm.dynamic_sampling_key=acc: the reward has no such component; use reward or one "
      "of accuracy, format"),
+    # the supervised warm start: sizes, a task with solutions, the solution column
+    (["run", "model.warm_start.data=toy:add", "model.warm_start.steps=0"],
+     "model.warm_start.steps=0: must be >= 1"),
+    (["run", "model.warm_start.data=toy:add", "model.warm_start.lr=0"],
+     "model.warm_start.lr=0.0: must be > 0"),
+    (["run", "model.warm_start.data=toy:sums"],
+     "model.warm_start.data=toy:sums: this toy task has no solutions; toy tasks with solutions "
+     "are add, add-vl, long-sums"),
+    (["run", "model.warm_start.data={d}/missing.jsonl"],
+     "model.warm_start.data={d}/missing.jsonl: file not found"),
+    (["run", "model.warm_start.data={d}/firstrow.jsonl", "data.prompt_key=question"],
+     "model.warm_start.solution_key=solution: model.warm_start.data={d}/firstrow.jsonl has no "
+     "such column (columns: answer, question)"),
     (["run", "max_len=5000"], "exceeds the model context"),
     (["run", "algorithm.loss_agg_mode=foo"], "allowed values are seq-mean-token-mean"),
     (["run", "length.schedule=[[0,-3]]"], "length.schedule[0]: cap -3 must be > 0"),
@@ -139,7 +152,8 @@ CASES = [
 # Checks that need no model, no data beyond a file's first row and no torch: they must come
 # before anything heavy (a shadowing `torch` package that refuses to import proves it).
 NO_TORCH = [c for c in CASES if c[0][0] == "sweep" or not any(
-    a.startswith(("resume=", "report", "rollout=", "model.", "trainer.nodes", "trainer.launcher"))
+    a.startswith(("resume=", "report", "rollout=", "model.path", "trainer.nodes",
+                  "trainer.launcher"))
     or a in QUICK for a in c[0])]
 
 

@@ -72,6 +72,34 @@ def test_styles_are_recognised_and_spread_lengths() -> None:
     assert sizes[0] < 25 and sizes[-1] > 120  # characters = tokens, minus the two tags
 
 
+def test_long_sums_are_worked_in_prose_and_graded_by_their_last_number() -> None:
+    """The warm start's task: every reference solution, whatever its style, scores 1 under
+    the reward the SmolLM2 study uses, and the styles spread length as documented."""
+    from grpo_cli.data.toy import LONG_STYLE_WEIGHTS, long_sums, render_prose_solution
+    from grpo_cli.rewards.math import final_answer_score
+
+    rows = generate_rows("long-sums", size=400, seed=2)
+    assert rows == long_sums(400, seed=2) and rows != long_sums(400, seed=3)
+    assert generate_rows("long-sums", size=40, seed=2) == rows[:40]
+    for row in rows:
+        terms = [int(t) for t in row["problem"].removeprefix("What is ").rstrip("?").split(" + ")]
+        assert 3 <= len(terms) <= 5 and all(1 <= t <= 9 for t in terms)
+        assert row["answer"] == str(sum(terms))
+    scores = final_answer_score([{"response": r["solution"], "ground_truth": r["answer"]}
+                                 for r in rows])
+    assert all(s["overall"] == 1.0 for s in scores)
+    wrong = final_answer_score([{"response": r["solution"], "ground_truth": "99"}
+                                for r in rows[:20]])
+    assert all(s["overall"] == 0.0 for s in wrong)
+    nums = [3, 8, 5, 2]
+    words = [len(render_prose_solution(nums, s).split()) for s in STYLES]
+    assert words == sorted(words) and len(set(words)) == 4
+    assert render_prose_solution(nums, "stepwise") == (
+        "3 + 8 = 11. 11 + 5 = 16. 16 + 2 = 18. The answer is 18.")
+    first_words = {r["solution"].split()[0] for r in rows}
+    assert first_words >= {"The", "We"} and len(LONG_STYLE_WEIGHTS) == len(STYLES)
+
+
 def test_export_jsonl_writes_dataset_rows(tmp_path: Path) -> None:
     path = export_jsonl(tmp_path / "toy.jsonl", task="add", size=5, seed=2)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
