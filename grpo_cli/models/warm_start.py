@@ -27,7 +27,8 @@ from grpo_cli.models.cache import build_once, cache_root
 from grpo_cli.models.sft import Example, length_batches, lr_at, pad_batch, train_step
 
 RECORD = "warm_start.json"  # written last into a built dir: its presence = complete
-# Bump when the recipe's code changes what a given config builds (invalidates old caches).
+# Bump when the code changes what a given config builds: this recipe, or the rows a toy task
+# generates (the key holds the config, not the rows); it invalidates old caches.
 RECIPE_VERSION = 1
 # The warm start draws rows from seed + this: a stream the run's own prompts (seed) and the
 # validation probe (seed + 1_000_003) never use.

@@ -137,6 +137,24 @@ def test_two_steps_through_the_cli(grpo: Callable, runs_dir: Path) -> None:
     assert all(s["prompt"].startswith("<|im_start|>system") for s in samples)
 
 
+def test_the_warm_started_study_config_runs_tiny(grpo: Callable, runs_dir: Path) -> None:
+    """conf/experiment/smollm2_long_sums.yaml end to end with a 2-step warm start (its own
+    cache key, so the study's 80-step one is neither needed nor touched): the real chat
+    template's prompts, the worked solutions, then one GRPO step from the result."""
+    res = grpo("run", "config=conf/experiment/smollm2_long_sums.yaml",
+               "model.warm_start.steps=2", "model.warm_start.batch_size=2", "trainer.steps=1",
+               "trainer.prompts_per_step=2", "rollout.n=2", "trainer.micro_batch_size=4",
+               "trainer.val_every=0", "logger.progress=false", "max_len=20")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run,) = [p for p in runs_dir.iterdir() if p.is_dir()]
+    model_dir = Path(json.loads((run / "meta.json").read_text())["model_dir"])
+    record = json.loads((model_dir / "warm_start.json").read_text())
+    assert record["warm_start"]["data"] == "toy:long-sums" and record["examples"] == 4
+    assert Path(record["base"]).parent.name == "gguf"  # the converted SmolLM2 checkpoint
+    rows = read_rollouts(run)
+    assert len(rows) == 4 and (rows["response_length"] <= 20).all()
+
+
 def _write_gguf(path: Path, arch: str) -> Path:
     from gguf import GGUFWriter
 

@@ -12,38 +12,12 @@ after another, ~6 minutes for its seed-0 arms), measured with docs/length_method
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
-import yaml
 
-from grpo_cli.telemetry.store import read_metrics
-from tests.helpers import run_grpo
+from tests.helpers import run_sweep
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Arm:
-    config: dict  # the arm's resolved config.yaml
-    metrics: list[dict]  # metrics.jsonl, one dict per step
-
-
-def run_sweep(tmp_path_factory: pytest.TempPathFactory, sweep_file: str,
-              *overrides: str, timeout: float = 900) -> list[Arm]:
-    """Run a shipped sweep file through the CLI; its arms in manifest order."""
-    runs_dir = tmp_path_factory.mktemp("runs")
-    res = run_grpo(runs_dir, "sweep", f"sweeps/{sweep_file}", "logger.progress=false",
-                   *overrides, timeout=timeout)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    (manifest,) = (runs_dir / "sweeps").glob("*/manifest.json")
-    arms = []
-    for arm in json.loads(manifest.read_text())["arms"]:
-        run = runs_dir / arm["run_id"]
-        arms.append(Arm(yaml.safe_load((run / "config.yaml").read_text()), read_metrics(run)))
-    return arms
 
 
 def mean(metrics: list[dict], key: str, steps: slice) -> float:
@@ -56,7 +30,7 @@ FIRST, LAST = slice(0, 10), slice(-10, None)
 @pytest.fixture(scope="module")
 def small_cap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     """sweeps/toy_overlong_filter.yaml: cap 32, plain GRPO and overlong filtering."""
-    plain, filtered = run_sweep(tmp_path_factory, "toy_overlong_filter.yaml")
+    plain, filtered = run_sweep(tmp_path_factory.mktemp("runs"), "toy_overlong_filter.yaml")
     assert plain.config["data"]["max_response_length"] == 32
     assert not plain.config["algorithm"]["mask_truncated"]
     assert filtered.config["algorithm"]["mask_truncated_in_adv"]
@@ -69,7 +43,7 @@ MODES = ("seq-mean-token-mean", "seq-mean-token-sum-norm")
 @pytest.fixture(scope="module")
 def large_cap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     """sweeps/loss_mode.yaml (cap 160) under GRPO's and Dr. GRPO's loss aggregation."""
-    arms = run_sweep(tmp_path_factory, "loss_mode.yaml",
+    arms = run_sweep(tmp_path_factory.mktemp("runs"), "loss_mode.yaml",
                      f"algorithm.loss_agg_mode={','.join(MODES)}")
     assert {a.config["data"]["max_response_length"] for a in arms} == {160}
     return {a.config["algorithm"]["loss_agg_mode"]: a.metrics for a in arms}
@@ -151,7 +125,7 @@ LATE = slice(-4, None)  # the last 10% of the 40 steps, as in the README table
 def length_methods(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     """sweeps/toy_length_methods.yaml at seed 0, one arm after another: the metrics of each
     method (the docs table has seeds 0-2)."""
-    arms = run_sweep(tmp_path_factory, "toy_length_methods.yaml", "seed=0",
+    arms = run_sweep(tmp_path_factory.mktemp("runs"), "toy_length_methods.yaml", "seed=0",
                      f"length={','.join(LENGTH_METHODS)}", timeout=1800)
     by_method = dict(zip(LENGTH_METHODS, arms, strict=True))
     assert by_method["gfpo"].config["algorithm"]["gfpo_keep"] == 8
@@ -238,7 +212,7 @@ def test_dynamic_sampling_speeds_up_the_collapse_at_cap_32(tmp_path_factory,
     0.30, 0.32. Steps 0-9: clip ratio of the trained completions 0.34, 0.28, 0.35 vs of all
     sampled 0.53, 0.51, 0.54; of the dropped groups, every completion cut in 0.20, 0.19, 0.15;
     every step filled its 16 groups (3.0-3.5 rounds on average)."""
-    (arm,) = run_sweep(tmp_path_factory, "toy_dynamic_sampling.yaml", "seed=0",
+    (arm,) = run_sweep(tmp_path_factory.mktemp("runs"), "toy_dynamic_sampling.yaml", "seed=0",
                        "algorithm.dynamic_sampling=true")
     ds, base = arm.metrics, length_methods["none"]
     assert arm.config["algorithm"]["dynamic_sampling"]

@@ -127,6 +127,37 @@ def test_truncation_pressure_needs_truncated_completions_to_earn_less(tmp_path: 
         assert ("truncation-pressure" in [f.kind for f in diagnose(t)]) == expected, gap
 
 
+def test_a_fall_of_the_natural_length_under_a_tight_cap_is_truncation_pressure(
+        tmp_path: Path) -> None:
+    """SmolLM2 at cap 20 (sweep-20261206-124528-3e458b6e): the capped batch length barely
+    moves, as the finished answers were short already, while the probe's natural length falls
+    (seed 0: -3% batch, 23.25 -> 17.5 probe; seed 2: -9% probe, which stays below the rule)."""
+    from grpo_cli.report.diagnosis import LENGTH_FALL_PCT
+
+    path = write_synthetic_run(tmp_path, "collapse-run", "collapse")
+    base = analyse_run(load_store_run(path)).summary
+    seed0 = replace(base, len_initial=18.9, len_final=18.3, len_change_pct=-3.0,
+                    clip_early=0.625, clip_mean=0.2, clip_late=0.08, natural_early=23.25,
+                    natural_late=17.5, reward_truncated=0.0, reward_terminated=0.11,
+                    reward_std=0.18)
+    (f,) = [f for f in diagnose(seed0) if f.kind == "truncation-pressure"]
+    assert "natural length (the probe at a generous cap) fell 25%" in f.message
+    assert "the capped length moved -3%" in f.message
+    kinds = [f.kind for f in diagnose(replace(seed0, natural_early=24.25, natural_late=22.06))]
+    assert "truncation-pressure" not in kinds
+    # just below / above the threshold, and no probe at all
+    for fall, expected in ((LENGTH_FALL_PCT - 0.5, False), (LENGTH_FALL_PCT + 0.5, True)):
+        t = replace(seed0, natural_late=23.25 * (1 - fall / 100))
+        assert ("truncation-pressure" in [f.kind for f in diagnose(t)]) == expected, fall
+    no_probe = replace(seed0, natural_early=math.nan, natural_late=math.nan)
+    assert "truncation-pressure" not in [f.kind for f in diagnose(no_probe)]
+    # the probe's fall still needs the cap to bite and truncated answers to earn less
+    assert "truncation-pressure" not in [f.kind for f in diagnose(
+        replace(seed0, clip_early=0.1, clip_mean=0.1))]
+    assert "truncation-pressure" not in [f.kind for f in diagnose(
+        replace(seed0, reward_terminated=0.0))]
+
+
 def test_a_binding_cap_without_a_trend_is_an_info_finding(tmp_path: Path) -> None:
     s = replace(_healthy_summary(tmp_path), clip_late=0.3)
     (f,) = diagnose(s)

@@ -96,6 +96,9 @@ def test_long_sums_are_worked_in_prose_and_graded_by_their_last_number() -> None
     assert words == sorted(words) and len(set(words)) == 4
     assert render_prose_solution(nums, "stepwise") == (
         "3 + 8 = 11. 11 + 5 = 16. 16 + 2 = 18. The answer is 18.")
+    three = generate_rows("three-sums", size=100, seed=2)
+    assert all(r["problem"].count(" + ") == 2 for r in three)
+    assert [r["problem"] for r in three] != [r["problem"] for r in rows[:100]]
     first_words = {r["solution"].split()[0] for r in rows}
     assert first_words >= {"The", "We"} and len(LONG_STYLE_WEIGHTS) == len(STYLES)
 
