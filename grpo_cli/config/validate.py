@@ -153,9 +153,9 @@ def validate(cfg: RunConfig, world: int | None = None) -> None:
         _require(context is None or v.max_len is None or d.max_prompt_length + v.max_len <= context,
                  f"val.max_len={v.max_len}: prompt cap + validation cap exceed the model context "
                  f"of {context} tokens; set val.max_len lower")
-    _validate_data_spec("data.train_files", d.train_files, d)
+    _validate_data_spec("data.train_files", d.train_files, _run_columns(d))
     if d.val_files:
-        _validate_data_spec("data.val_files", d.val_files, d)
+        _validate_data_spec("data.val_files", d.val_files, _run_columns(d))
     from grpo_cli.rewards.loader import check_reward_spec
 
     check_reward_spec(cfg.reward.function)
@@ -361,31 +361,24 @@ def _validate_warm_start(cfg: RunConfig) -> None:
         value = getattr(w, name)
         _require(value >= 1, f"model.warm_start.{name}={value}: must be >= 1")
     _require(w.lr > 0, f"model.warm_start.lr={w.lr}: must be > 0")
+    # the run's prompt and answer columns (build_prompts reads both) and the solution
+    _validate_data_spec("model.warm_start.data", w.data, {
+        **_run_columns(cfg.data), "model.warm_start.solution_key": w.solution_key})
     if w.data.startswith("toy:"):
-        from grpo_cli.data.toy import SOLVED_TASKS, TOY_TASKS
+        from grpo_cli.data.toy import SOLVED_TASKS
 
-        task = w.data.split(":", 1)[1]
-        _require(task in TOY_TASKS,
-                 f"model.warm_start.data={w.data}: toy tasks are {', '.join(TOY_TASKS)}")
-        _require(task in SOLVED_TASKS,
+        _require(w.data.split(":", 1)[1] in SOLVED_TASKS,
                  f"model.warm_start.data={w.data}: this toy task has no solutions; toy tasks "
                  f"with solutions are {', '.join(SOLVED_TASKS)}")
-        return
-    path = Path(w.data.split("@")[0]).expanduser()
-    if path.suffix not in (".jsonl", ".json", ".parquet"):
-        return  # a hub dataset: its columns are checked when it is read
-    _require(path.is_file(), f"model.warm_start.data={w.data}: file not found")
-    from grpo_cli.data.datasets import first_row_columns
-
-    columns = first_row_columns(w.data)
-    for key, col in (("data.prompt_key", cfg.data.prompt_key),
-                     ("model.warm_start.solution_key", w.solution_key)):
-        _require(columns is None or col in columns,
-                 f"{key}={col}: model.warm_start.data={w.data} has no such column "
-                 f"(columns: {', '.join(columns or [])})")
 
 
-def _validate_data_spec(key: str, spec: str, data: DataConfig) -> None:
+def _run_columns(data: DataConfig) -> dict[str, str]:
+    return {"data.prompt_key": data.prompt_key, "data.answer_key": data.answer_key}
+
+
+def _validate_data_spec(key: str, spec: str, columns: dict[str, str]) -> None:
+    """A toy task that exists, or a local file that exists with ``columns`` (config key ->
+    column) in its first row; other sources are checked when they are read."""
     if spec.startswith("toy:"):
         from grpo_cli.data.toy import TOY_TASKS
 
@@ -397,7 +390,7 @@ def _validate_data_spec(key: str, spec: str, data: DataConfig) -> None:
         _require(path.is_file(), f"{key}={spec}: file not found")
         from grpo_cli.data.datasets import check_columns
 
-        check_columns(spec, data, key)
+        check_columns(spec, key, columns)
 
 
 def model_context_length(model: ModelConfig) -> int | None:

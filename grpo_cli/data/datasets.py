@@ -64,15 +64,15 @@ def first_row_columns(spec: str) -> list[str] | None:
     return None
 
 
-def check_columns(spec: str, data: DataConfig, key: str) -> None:
-    """The prompt and answer columns exist in the file's first row (before any model loads)."""
+def check_columns(spec: str, key: str, required: dict[str, str]) -> None:
+    """The columns ``required`` names (config key -> column) exist in the file's first row
+    (before any model loads)."""
     columns = first_row_columns(spec)
     if columns is None:
         return
-    for col_key in ("prompt_key", "answer_key"):
-        col = getattr(data, col_key)
+    for col_key, col in required.items():
         if col not in columns:
-            raise ConfigError(f"data.{col_key}={col}: {key}={spec} has no such column "
+            raise ConfigError(f"{col_key}={col}: {key}={spec} has no such column "
                               f"(columns: {', '.join(columns)})")
 
 
