@@ -100,19 +100,28 @@ def analyse_arm(views: list[RunView], window: WindowSpec | None = None) -> ArmVi
 
 
 def compare_arms(arms: list[ArmView]) -> list[ArmComparison]:
-    """Length change (first -> last window, %) of each pair of arms, later minus earlier (or
-    each arm minus the first, beyond :data:`ALL_PAIRS_UP_TO` arms), Welch over seeds."""
+    """Each :data:`~grpo_cli.report.summary.COMPARED` change (first -> last) of each pair of
+    arms, later minus earlier (or each arm minus the first, beyond :data:`ALL_PAIRS_UP_TO`
+    arms), Welch over seeds. A probe measure only where every seed of both arms has it."""
     from itertools import combinations
 
     from grpo_cli.report.model import ArmComparison
     from grpo_cli.report.stats import welch
+    from grpo_cli.report.summary import COMPARED
 
-    def change(arm: ArmView) -> list[float]:
-        return [v.summary.len_change_pct for v in arm.views]
+    def change(arm: ArmView, key: str) -> list[float]:
+        return [getattr(v.summary, key) for v in arm.views]
 
     pairs = (list(combinations(arms, 2)) if len(arms) <= ALL_PAIRS_UP_TO
              else [(arms[0], b) for b in arms[1:]])
-    return [ArmComparison(a.label, b.label, welch(change(a), change(b))) for a, b in pairs]
+    out = []
+    for key, _ in COMPARED:
+        for a, b in pairs:
+            xa, xb = change(a, key), change(b, key)
+            if key != "len_change_pct" and not all(map(math.isfinite, xa + xb)):
+                continue
+            out.append(ArmComparison(a.label, b.label, welch(xa, xb), key))
+    return out
 
 
 def build_report(

@@ -24,7 +24,7 @@ STEP_COLUMNS = (
     "length/correct_mean", "length/incorrect_mean", "reward/mean", "reward/std",
     "reward/truncated_mean", "reward/terminated_mean", "accuracy",
     "corr/reward_length_spearman", "corr/within_group_spearman", "max_len", "perf/step_s",
-    "completions", "val/length/mean",  # the natural-length probe (every trainer.val_every)
+    "completions", "val/length/mean", "val/accuracy",  # the probe (every trainer.val_every)
     "length/between_prompt_frac", "length/within_group_std",  # where length variance lives
     "entropy/truncated_mean", "entropy/finished_mean", "entropy/correct_mean",
     "entropy/incorrect_mean", "entropy/first_quarter_mean", "entropy/last_quarter_mean",

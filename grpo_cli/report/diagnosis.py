@@ -148,7 +148,9 @@ def _overlong(s: RunSummary) -> Remedy:
     buf = max(1, cap // 5) if cap else "<tokens>"
     return Remedy(f"length.overlong_buffer={buf}",
                   "DAPO's soft overlong penalty: a graded cost over the last tokens before "
-                  "the cap instead of a cliff at it")
+                  "the cap instead of a cliff at it; it charges finished answers in that "
+                  "buffer too, so where right answers need those tokens it shortens them "
+                  "further (docs/reproductions.md: natural length 24 -> 8 at a 20-token cap)")
 
 
 MASK = Remedy("algorithm.mask_truncated=true algorithm.mask_truncated_in_adv=true",

@@ -75,6 +75,8 @@ class RunData:
     group: str = ""  # runs with equal group differ only in seed
     # the `grpo sweep` overrides that made this arm (seed included), when it came from one
     overrides: list[str] | None = None
+    # ... and the overrides every arm of that sweep shared (config= and hydra/ left out)
+    common_overrides: list[str] = field(default_factory=list)
 
     @property
     def seed(self) -> Any:
@@ -296,6 +298,8 @@ def load_sweep(root: Path, sweep_dir: Path) -> tuple[list[RunData], list[str]]:
     if not isinstance(arms, list):
         raise ConfigError(f"sweep {sweep_dir.name}: malformed manifest (no arms list)")
     runs, notes = [], []
+    common = [str(o) for o in manifest.get("common_overrides") or []
+              if not str(o).startswith(("config=", "hydra/", "hydra."))]
     for arm in arms:
         if not isinstance(arm, dict) or "index" not in arm:
             raise ConfigError(f"sweep {sweep_dir.name}: malformed arm entry {arm!r}")
@@ -316,6 +320,7 @@ def load_sweep(root: Path, sweep_dir: Path) -> tuple[list[RunData], list[str]]:
             notes.append(f"arm {arm['index']} ({overrides}) skipped: {e}")
             continue
         run.overrides = [str(o) for o in arm.get("overrides") or []]
+        run.common_overrides = common
         runs.append(run)
     if not runs:
         raise ConfigError(f"sweep {sweep_dir.name}: no arm has recorded steps yet")
@@ -526,9 +531,12 @@ def assign_labels(runs: list[RunData]) -> None:
 
 
 def _short_label(run: RunData, parts: list[str]) -> str:
-    """A run's group label: its sweep overrides without the seed, else <= 3 differing keys."""
+    """A run's group label: its sweep overrides without the seed (a sweep over seeds alone,
+    compared with other runs: the overrides its arms shared), else <= 3 differing keys."""
     if run.overrides is not None:
         mine = [shown(o) for o in run.overrides if o.split("=", 1)[0].lstrip("+~") != "seed"]
+        if not mine and parts:
+            mine = [shown(o) for o in run.common_overrides]
         if mine:
             return " ".join(mine)
     if not parts:

@@ -45,11 +45,12 @@ class ArmView:
 
 @dataclass
 class ArmComparison:
-    """Length change first -> last window: ``b`` minus ``a`` over seeds (Welch)."""
+    """One measure's change (first -> last): ``b`` minus ``a`` over seeds (Welch)."""
 
     a: str
     b: str
     result: Comparison
+    measure: str = "len_change_pct"  # a RunSummary field or property (summary.COMPARED)
 
 
 @dataclass

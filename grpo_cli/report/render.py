@@ -19,9 +19,10 @@ from grpo_cli.report.aggregate import DEFAULT_WINDOW
 from grpo_cli.report.censoring import assumption
 from grpo_cli.report.diagnosis import Finding
 from grpo_cli.report.load import display_name
-from grpo_cli.report.model import ArmView, Report, RunView
+from grpo_cli.report.model import ArmComparison, ArmView, Report, RunView
 from grpo_cli.report.stats import METHOD, TEST, Estimate, direction
 from grpo_cli.report.style import step_span
+from grpo_cli.report.summary import COMPARED
 
 MAX_SAMPLE_CHARS = 2000  # long completions are cut in the report (the file has them whole)
 SAMPLES_PER_STEP = 3
@@ -125,30 +126,52 @@ def summary_tables(report: Report, views: Sequence[RunView] | None = None
 
 
 def comparison_tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
-    """The headline change per arm with its interval, and the differences between arms."""
+    """The headline change per arm with its interval, and the differences between arms; the
+    probe's natural length and accuracy the same way where the arms have probe readings."""
     w = report.window.label
-    per_arm = [[a.label, str(a.n), _est(a.summary.estimates["len_change_pct"], "+.1f", "%"),
-                _ci(a.summary.estimates["len_change_pct"]),
-                direction(a.summary.estimates["len_change_pct"])] for a in report.arms]
-    pairs = []
-    for c in report.comparisons:
-        r = c.result
-        pairs.append([f"{c.b} − {c.a}", f"{r.n_b} vs {r.n_a}",
-                      num(r.diff, "+.1f") + (" points" if math.isfinite(r.diff) else ""),
-                      f"[{r.low:+.1f}, {r.high:+.1f}]" if r.tested else "–",
-                      _p(r.p) if r.tested else r.reason,
-                      num(r.df, ".1f") if r.tested else "–"])
-    return [(f"Length change, first → last {w}, per arm", ["arm", "seeds", "change (mean ± "
-             "half-width)", "95% interval", "verdict"], per_arm),
-            ("Difference in length change between arms (percentage points)",
-             ["comparison", "seeds", "difference", "95% interval (Welch)", "Welch p", "df"],
-             pairs)]
+    per_arm = [[a.label, str(a.n), *_change_cells(a.summary.estimates["len_change_pct"])]
+               for a in report.arms]
+    tables = [(f"Length change, first → last {w}, per arm", ["arm", "seeds", "change (mean ± "
+               "half-width)", "95% interval", "verdict"], per_arm),
+              ("Difference in length change between arms (percentage points)",
+               ["comparison", "seeds", "difference", "95% interval (Welch)", "Welch p", "df"],
+               [_pair_cells(c)[:1] + _pair_cells(c)[2:] for c in report.comparisons
+                if c.measure == "len_change_pct"])]
+    probe = [c for c in report.comparisons if c.measure != "len_change_pct"]
+    if not probe:
+        return tables
+    probe_arm = [[a.label, str(a.n),
+                  *_change_cells(a.summary.estimates["natural_change_pct"]),
+                  *_change_cells(a.summary.estimates["probe_acc_change"], "")]
+                 for a in report.arms]
+    return tables + [
+        (f"The probe's change, first → last {w} (or the nearest probe), per arm",
+         ["arm", "seeds", "natural length change", "95% interval", "verdict",
+          "probe accuracy change (points)", "95% interval (points)", "verdict (accuracy)"],
+         probe_arm),
+        ("Difference in the probe's change between arms (percentage points)",
+         ["comparison", "measure", "seeds", "difference", "95% interval (Welch)", "Welch p",
+          "df"], [_pair_cells(c) for c in probe])]
 
 
-def _ci(e: Estimate) -> str:
+def _change_cells(e: Estimate, unit: str = "%") -> list[str]:
+    """Mean ± half-width, the interval, and its verdict."""
+    return [_est(e, "+.1f", unit), _ci(e, unit), direction(e)]
+
+
+def _pair_cells(c: ArmComparison) -> list[str]:
+    """comparison, measure, seeds, difference, interval, p, df."""
+    r = c.result
+    return [f"{c.b} − {c.a}", dict(COMPARED)[c.measure], f"{r.n_b} vs {r.n_a}",
+            num(r.diff, "+.1f") + (" points" if math.isfinite(r.diff) else ""),
+            f"[{r.low:+.1f}, {r.high:+.1f}]" if r.tested else "–",
+            _p(r.p) if r.tested else r.reason, num(r.df, ".1f") if r.tested else "–"]
+
+
+def _ci(e: Estimate, unit: str = "%") -> str:
     if not math.isfinite(e.half):
         return "– (one seed)" if e.n == 1 else "–"
-    return f"[{e.low:+.1f}%, {e.high:+.1f}%]"
+    return f"[{e.low:+.1f}{unit}, {e.high:+.1f}{unit}]"
 
 
 def _p(p: float) -> str:

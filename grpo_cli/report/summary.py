@@ -57,6 +57,8 @@ class RunSummary:
     # reading when no probe step falls inside the window
     natural_early: float = math.nan
     natural_late: float = math.nan
+    probe_acc_early: float = math.nan  # the probe's accuracy, read the same way
+    probe_acc_late: float = math.nan
     # the diagnostics no framework logs (early/late window means; NaN where not recorded):
     # where length variance lives, entropy by outcome and position, the rollout's long tail
     between_early: float = math.nan  # share of length variance between prompts
@@ -80,6 +82,15 @@ class RunSummary:
     def correct_change_pct(self) -> float:
         return pct_change(self.correct_len_early, self.correct_len_late)
 
+    @property
+    def natural_change_pct(self) -> float:
+        return pct_change(self.natural_early, self.natural_late)
+
+    @property
+    def probe_acc_change(self) -> float:
+        """In percentage points: accuracy is a share, so a relative change would mislead."""
+        return 100.0 * (self.probe_acc_late - self.probe_acc_early)
+
 
 def pct_change(before: float, after: float) -> float:
     if not (math.isfinite(before) and math.isfinite(after)) or before == 0:
@@ -93,9 +104,10 @@ def _window_mean(col: pd.Series, head: bool, w: int) -> float:
     return float(part.mean()) if len(part) else math.nan
 
 
-def _probe(table: pd.DataFrame, head: bool, w: int) -> float:
-    """The natural-length probe over the window's steps, else its nearest reading."""
-    col = table["val/length/mean"]
+def _probe(table: pd.DataFrame, head: bool, w: int, key: str = "val/length/mean") -> float:
+    """A probe metric over the window's steps, else its nearest reading (probes are sparse:
+    one step in ``trainer.val_every``)."""
+    col = table[key]
     part = (col.iloc[:w] if head else col.iloc[-w:]).dropna()
     if len(part):
         return float(part.mean())
@@ -142,6 +154,8 @@ def summarize(run: RunData, table: pd.DataFrame,
         wall_s=wall_time(run, table), loss_agg_mode=run.loss_agg_mode,
         status=run.meta.get("status"),
         natural_early=_probe(table, True, w), natural_late=_probe(table, False, w),
+        probe_acc_early=_probe(table, True, w, "val/accuracy"),
+        probe_acc_late=_probe(table, False, w, "val/accuracy"),
         between_early=early("length/between_prompt_frac"),
         between_late=late("length/between_prompt_frac"),
         ent_trunc_early=early("entropy/truncated_mean"),
@@ -165,6 +179,18 @@ HEADLINE = (
     ("reward_early", "reward, first window"), ("reward_late", "reward, last window"),
     ("acc_early", "accuracy, first window"), ("acc_late", "accuracy, last window"),
     ("natural_early", "natural length, first"), ("natural_late", "natural length, last"),
+    ("natural_change_pct", "natural length change first → last (%)"),
+    ("probe_acc_early", "probe accuracy, first"), ("probe_acc_late", "probe accuracy, last"),
+    ("probe_acc_change", "probe accuracy change first → last (points)"),
+)
+
+# What arms are compared on (field, what): the training length always; the probe's natural
+# length and accuracy where every seed of both arms has probe readings. The capped training
+# length can barely move under a tight cap even when the natural length collapses.
+COMPARED = (
+    ("len_change_pct", "length change (%)"),
+    ("natural_change_pct", "natural length change (%)"),
+    ("probe_acc_change", "probe accuracy change (points)"),
 )
 
 

@@ -198,6 +198,42 @@ def test_arm_tables_match_a_recomputation_from_the_stores(
         assert texts and len(texts) == len(set(texts)), texts
 
 
+def test_arms_are_compared_on_the_probe_where_every_seed_has_one(
+        tmp_path: Path, no_figures: None) -> None:
+    """Natural length and probe accuracy: per-arm change and Welch between arms, from the
+    probe's first and last readings (steps 0 and 19, outside the 2-step windows but nearest)."""
+    sweep = _sweep(tmp_path)
+    md = (build_report([sweep], runs_dir=tmp_path) / "report.md").read_text()
+    assert "The probe's change" not in md  # no probe in any run: no probe tables
+    rng = np.random.default_rng(7)
+    natural, acc = {}, {}
+    for i in range(len(ARMS) * len(SEEDS)):
+        lengths, shares = rng.uniform(10, 40, 3), rng.integers(0, 17, 3) / 16
+        with (tmp_path / f"sweep-arms-{i:03d}" / "metrics.jsonl").open("a") as f:
+            for step, n, a in zip((0, 10, 19), lengths, shares, strict=True):
+                f.write(json.dumps({"step": step, "val/length/mean": n, "val/accuracy": a}) + "\n")
+        arm = ARMS[i // len(SEEDS)][0]
+        natural.setdefault(arm, []).append(100 * (lengths[2] - lengths[0]) / lengths[0])
+        acc.setdefault(arm, []).append(100 * (shares[2] - shares[0]))
+    tables = _md_tables((build_report([sweep], runs_dir=tmp_path) / "report.md").read_text())
+    (per_arm,) = [v for k, v in tables.items() if k.startswith("The probe's change")]
+    for row, (arm, _) in zip(per_arm, ARMS, strict=True):
+        assert row["natural length change"] == _cell(natural[arm], "+.1f", "%")
+        assert row["probe accuracy change (points)"] == _cell(acc[arm], "+.1f")
+    pairs = tables["Difference in the probe's change between arms (percentage points)"]
+    assert [p["measure"] for p in pairs] == ["natural length change (%)",
+                                              "probe accuracy change (points)"]
+    for pair, values in zip(pairs, (natural, acc), strict=True):
+        ref = stats.ttest_ind(values["healthy"], values["collapse"], equal_var=False)
+        ci = ref.confidence_interval(0.95)
+        diff = np.mean(values["healthy"]) - np.mean(values["collapse"])
+        assert pair["difference"] == f"{diff:+.1f} points"
+        assert pair["95% interval (Welch)"] == f"[{ci.low:+.1f}, {ci.high:+.1f}]"
+        assert pair["Welch p"] == ("< 0.001" if ref.pvalue < 0.001 else f"{ref.pvalue:.3f}")
+    # the length comparison is unchanged by the probe
+    assert len(tables["Difference in length change between arms (percentage points)"]) == 1
+
+
 def test_a_bad_window_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--window"):
         build_report(["x"], runs_dir=tmp_path, window="ten")

@@ -3,6 +3,7 @@ group."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -11,7 +12,7 @@ import pandas as pd
 
 from grpo_cli.config.schema import RunConfig
 from grpo_cli.report import build_report
-from grpo_cli.report.load import RunData, assign_labels, display_name
+from grpo_cli.report.load import RunData, assign_labels, display_name, load_targets
 from grpo_cli.report.synthetic import write_synthetic_run
 from grpo_cli.telemetry.store import RunStore
 
@@ -119,3 +120,48 @@ def test_sweep_arms_are_labelled_by_their_overrides() -> None:
     assign_labels(runs)
     assert [r.label for r in runs] == ["length=fancy seed=0", "length=fancy seed=1",
                                        "max_len=64"]
+
+
+def test_a_sweep_over_seeds_alone_is_labelled_by_the_overrides_its_arms_shared() -> None:
+    """A remedy sweep varies only the seed; reported beside another sweep, its arms are named
+    by its fixed overrides, not by the first three config keys that differ (which cut off
+    what matters: `length.overlong_buffer` sorts after `algorithm.*`)."""
+    plain = [_run("p0", 20, 0), _run("p1", 20, 1)]
+    remedy = [_run("r0", 20, 0, lr=1e-3, warmup_steps=2, weight_decay=0.1, grad_clip=0.5),
+              _run("r1", 20, 1, lr=1e-3, warmup_steps=2, weight_decay=0.1, grad_clip=0.5)]
+    for run in plain:
+        run.overrides = [f"seed={run.seed}", "data.max_response_length=20"]
+    for run in remedy:
+        run.overrides = [f"seed={run.seed}"]
+        run.common_overrides = ["data.max_response_length=20", "length=fancy"]
+    assign_labels(plain + remedy)
+    assert [r.label for r in plain + remedy] == [
+        "max_len=20 seed=0", "max_len=20 seed=1", "max_len=20 length=fancy seed=0",
+        "max_len=20 length=fancy seed=1"]
+    # one seeds-only sweep on its own: nothing differs but the seed, one arm
+    alone = [_run("s0", 20, 0), _run("s1", 20, 1)]
+    for run in alone:
+        run.overrides, run.common_overrides = [f"seed={run.seed}"], ["max_len=20"]
+    assign_labels(alone)
+    assert [r.label for r in alone] == ["seed=0", "seed=1"]
+
+
+def test_two_seeds_only_sweeps_load_with_their_shared_overrides(tmp_path: Path) -> None:
+    """From the manifests: `config=` and `hydra/` entries are not part of an arm's name."""
+    for sweep, cap, extra in (("sweep-a", 48, []), ("sweep-b", 64, ["length=overlong"])):
+        (tmp_path / "sweeps" / sweep).mkdir(parents=True)
+        arms = []
+        for seed in (0, 1):
+            rid = f"{sweep}-{seed:03d}"
+            write_synthetic_run(tmp_path, rid, "healthy", steps=4, prompts=2, n=2, cap=cap,
+                                seed=seed)
+            arms.append({"index": seed, "overrides": [f"seed={seed}"], "run_id": rid,
+                         "status": "completed"})
+        (tmp_path / "sweeps" / sweep / "manifest.json").write_text(json.dumps({
+            "sweep_id": sweep, "arms": arms, "common_overrides": [
+                "config=conf/experiment/x.yaml", f"data.max_response_length={cap}", *extra,
+                "hydra/launcher=basic"]}))
+    loaded = load_targets(["sweep-a", "sweep-b"], runs_dir=tmp_path)
+    assert [r.label for r in loaded.runs] == ["max_len=48 seed=0", "max_len=48 seed=1",
+                                              "max_len=64 length=overlong seed=0",
+                                              "max_len=64 length=overlong seed=1"]
