@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import Arm, run_sweep
 
-pytestmark = pytest.mark.study
+pytestmark = [pytest.mark.study, pytest.mark.slow]
 
 SHORT = ["seed=0", "trainer.steps=21", "trainer.val_every=10"]
 # Step-20 probe / step-0 probe of the natural length in the full sweep
@@ -59,3 +59,30 @@ def test_the_small_cap_teaches_short_answers_and_the_generous_cap_does_not(
     # and the answers the small cap taught are mostly wrong (probe accuracy at step 20:
     # 0.06, 0.00, 0.06 at cap 20; 0.81, 0.69, 0.81 at cap 96)
     assert probes(large, "val/accuracy")[-1] - probes(small, "val/accuracy")[-1] >= 0.5
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory: pytest.TempPathFactory) -> Arm:
+    (arm,) = run_sweep(tmp_path_factory.mktemp("filtered"),
+                       "smollm2_long_sums_overlong_filter.yaml", *SHORT, timeout=1800)
+    assert arm.config["algorithm"]["mask_truncated_in_adv"] and len(arm.metrics) == 21
+    return arm
+
+
+def test_overlong_filtering_keeps_the_natural_length_at_the_small_cap(
+        arms: dict[int, Arm], filtered: Arm) -> None:
+    """The remedy's sweep file at seed 0: with truncated answers out of the loss and of their
+    group's baseline, nothing teaches the policy to stop reasoning in steps."""
+    plain = arms[20]
+    last = slice(-5, None)
+    # it keeps writing answers the cap cuts off (steps 16-20: 0.56, 0.69, 0.53 filtered;
+    # 0.17, 0.07, 0.08 plain) ...
+    assert window(filtered, "length/clip_ratio", last) >= 0.4
+    assert window(filtered, "length/clip_ratio", last) > 2 * window(plain, "length/clip_ratio",
+                                                                     last)
+    # ... and its natural length holds (step 20 / step 0: 0.99, 1.00, 1.01 filtered; 0.71,
+    # 0.33, 0.86 plain)
+    natural = probes(filtered, "val/length/mean")
+    assert natural[-1] >= 0.95 * natural[0]
+    assert natural[-1] / natural[0] > probes(plain, "val/length/mean")[-1] / probes(
+        plain, "val/length/mean")[0]
