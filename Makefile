@@ -49,8 +49,8 @@ test: test-main test-vllm
 test-main: setup
 	$(BIN)/python -m pytest -q -m "not vllm and not study"
 
-# The real-model study's claim, shortened to seed 0 (tests/study/; ~30 min on 2 cores, half of
-# it building the warm start on first use): too long for every change, run before a release.
+# The real-model study's claim, shortened to seed 0 (tests/study/; 16.5 min on 2 cores, ~11 more
+# building the warm start on first use): too long for every change, run before a release.
 test-study: setup
 	$(BIN)/python -m pytest -q -m study tests/study
 
