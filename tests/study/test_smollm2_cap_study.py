@@ -7,7 +7,8 @@ Seed 0 only, shortened to 21 steps (probes at steps 0, 10 and 20): up to step 20
 the full sweep's seed-0 arm step for step; 16 min 26 s on 2 cores with the warm start cached
 (it is built on first use: ~11 minutes more). Marked `slow` and `study`; not in `make test`:
 `make test-study` runs it. The margins are those that held for seeds 0, 1 and 2 of the
-full 40-step sweep (docs/reproductions.md has the report's numbers).
+full 40-step sweep, and since for seeds 3 and 4 (docs/reproductions.md has the report's
+numbers).
 """
 
 from __future__ import annotations
