@@ -329,7 +329,7 @@ def _truncation_pressure(s: RunSummary, advice: CapAdvice | None) -> Finding | N
     # Under a cap close to the finished answers' length the capped mean barely moves while the
     # policy learns to be short (SmolLM2 at cap 20: -3% in the batch, -25% in the probe), so a
     # fall of the natural length (the probe at a generous cap) counts as the length falling.
-    natural = pct_change(s.natural_early, s.natural_late)
+    natural = s.natural_change_pct
     fell = s.len_change_pct <= -LENGTH_FALL_PCT
     natural_fell = math.isfinite(natural) and natural <= -LENGTH_FALL_PCT
     if not ((fell or natural_fell) and pressure >= HIGH_CLIP_RATIO and earns_less):

@@ -135,8 +135,8 @@ def comparison_tables(report: Report) -> list[tuple[str, list[str], list[list[st
                "half-width)", "95% interval", "verdict"], per_arm),
               ("Difference in length change between arms (percentage points)",
                ["comparison", "seeds", "difference", "95% interval (Welch)", "Welch p", "df"],
-               [_pair_cells(c)[:1] + _pair_cells(c)[2:] for c in report.comparisons
-                if c.measure == "len_change_pct"])]
+               [cells[:1] + cells[2:] for cells in  # one measure: no measure column
+                (_pair_cells(c) for c in report.comparisons if c.measure == "len_change_pct")])]
     probe = [c for c in report.comparisons if c.measure != "len_change_pct"]
     if not probe:
         return tables

@@ -180,7 +180,6 @@ HEADLINE = (
     ("acc_early", "accuracy, first window"), ("acc_late", "accuracy, last window"),
     ("natural_early", "natural length, first"), ("natural_late", "natural length, last"),
     ("natural_change_pct", "natural length change first → last (%)"),
-    ("probe_acc_early", "probe accuracy, first"), ("probe_acc_late", "probe accuracy, last"),
     ("probe_acc_change", "probe accuracy change first → last (points)"),
 )
 
